@@ -1,0 +1,11 @@
+"""SoundCTM for diffusers: a CTM student (1-step drafts, N-step deterministic refinement) of a latent-diffusion
+text-to-sound teacher, as a diffusers pipeline."""
+
+from .autoencoder_gaussian_dac import AutoencoderGaussianDAC
+from .pipeline import SoundCTMPipeline
+from .scheduling_ctm import CTMScheduler
+from .scheduling_edm_heun import EDMHeunScheduler
+from .transformer_soundctm_dit import SoundCTMDiTModel
+
+__all__ = ["AutoencoderGaussianDAC", "CTMScheduler", "EDMHeunScheduler", "SoundCTMDiTModel", "SoundCTMPipeline"]
+__version__ = "0.1.0"

@@ -1,0 +1,68 @@
+"""`soundctm generate` writes 44.1 kHz WAV files, reproducibly, and reports bad input as an error message."""
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+from tiny_models import tiny_pipeline
+
+from soundctm import cli
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli-model")
+    tiny_pipeline().save_pretrained(folder)
+    return str(folder)
+
+
+def test_generate_writes_a_44k_wav(model_dir, tmp_path):
+    out = tmp_path / "dog.wav"
+    assert cli.main(["generate", "a dog barks", "--steps", "1", "--seed", "0", "-o", str(out), "--model", model_dir, "-q"]) == 0
+    audio, rate = sf.read(out)
+    info = sf.info(out)
+    assert rate == 44100 and info.subtype == "PCM_16" and audio.shape == (128,)
+
+
+def test_same_seed_same_file_and_options_are_passed_through(model_dir, tmp_path):
+    args = ["generate", "a dog barks", "--steps", "4", "--nu", "2", "--gamma", "0.5", "--omega", "3", "--model", model_dir, "-q"]
+    cli.main(args + ["--seed", "5", "-o", str(tmp_path / "a.wav")])
+    cli.main(args + ["--seed", "5", "-o", str(tmp_path / "b.wav")])
+    cli.main(args + ["--seed", "6", "-o", str(tmp_path / "c.wav")])
+    a, b, c = (sf.read(tmp_path / f"{n}.wav")[0] for n in "abc")
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    cli.main(args + ["--seed", "5", "--duration", str(64 / 44100), "-o", str(tmp_path / "short.wav")])
+    np.testing.assert_array_equal(sf.read(tmp_path / "short.wav")[0], a[:64])
+
+
+def test_several_waveforms_get_numbered_files(model_dir, tmp_path):
+    cli.main(["generate", "a dog barks", "--num-waveforms", "3", "-o", str(tmp_path / "x.wav"), "--model", model_dir, "-q"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x_0.wav", "x_1.wav", "x_2.wav"]
+
+
+def test_bad_input_is_an_error_message_not_a_traceback(model_dir, tmp_path, capsys):
+    code = cli.main(["generate", "a dog barks", "--gamma", "1.5", "--model", model_dir, "-o", str(tmp_path / "x.wav")])
+    assert code == 2 and "gamma" in capsys.readouterr().err
+    code = cli.main(["generate", "a dog barks", "--model", str(tmp_path / "missing"), "-o", str(tmp_path / "x.wav")])
+    assert code == 2 and "error" in capsys.readouterr().err
+
+
+def test_no_model_anywhere_says_how_to_give_one(monkeypatch, tmp_path):
+    monkeypatch.delenv(cli.ENV_MODEL, raising=False)
+    monkeypatch.setattr(cli, "bundled_model_dir", lambda: tmp_path / "nothing")
+    with pytest.raises(ValueError, match="--model"):
+        cli.resolve_model(None)
+    monkeypatch.setenv(cli.ENV_MODEL, "org/model")
+    assert cli.resolve_model(None) == "org/model"
+
+
+def test_console_script_is_installed(model_dir, tmp_path):
+    exe = shutil.which("soundctm")
+    assert exe, "the soundctm console script is not installed"
+    result = subprocess.run([exe, "generate", "a dog barks", "--model", model_dir, "-o", str(tmp_path / "x.wav")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "wrote" in result.stdout and (tmp_path / "x.wav").exists()

@@ -1,0 +1,126 @@
+"""Tiny SoundCTM components built in code under a fixed seed, with tokenizers built locally (nothing downloaded).
+
+Used by the tests of every part of the project (pipeline, distillation, hub export, app).
+"""
+
+import json
+
+import torch
+from tokenizers import ByteLevelBPETokenizer
+from transformers import BertConfig, BertModel, BertTokenizer, ClapTextConfig, ClapTextModelWithProjection, RobertaTokenizer
+
+from soundctm import AutoencoderGaussianDAC, CTMScheduler, EDMHeunScheduler, SoundCTMDiTModel, SoundCTMPipeline
+
+WORDS = (
+    "a the dog barks cat meows bird chirps siren wails rain falls on roof engine hums loud soft low high pitch "
+    "tone beep noise clicks knocks sweeping up down fading in out hiss rumble quiet distant close fast slow "
+    "car horn door slams water flows wind blows man speaks woman laughs bell rings"
+).split()
+PROMPTS = ["a dog barks", "rain falls on a roof", "a siren wails", "a bird chirps", "an engine hums"]
+
+
+def tiny_roberta_tokenizer(model_max_length: int = 77) -> RobertaTokenizer:
+    """A real byte-level BPE RoBERTa tokenizer with a small vocabulary trained on `WORDS` (deterministic)."""
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        [" ".join(WORDS)] * 4 + PROMPTS,
+        vocab_size=320,
+        min_frequency=1,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        show_progress=False,
+    )
+    model = json.loads(bpe.to_str())["model"]
+    return RobertaTokenizer(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]], model_max_length=model_max_length)
+
+
+def tiny_bert_tokenizer(model_max_length: int = 64) -> BertTokenizer:
+    """A real WordPiece BERT tokenizer whose vocabulary is `WORDS` plus single letters."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(WORDS))
+    vocab += [c for c in "abcdefghijklmnopqrstuvwxyz" if c not in vocab] + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+    return BertTokenizer(vocab={tok: i for i, tok in enumerate(vocab)}, model_max_length=model_max_length)
+
+
+def tiny_text_encoder(text_embedding: str, seed: int = 0):
+    """(text_encoder, tokenizer, embedding width) for "projected"/"pooled" (CLAP) or "mean" (BERT)."""
+    torch.manual_seed(seed)
+    if text_embedding in ("projected", "pooled"):
+        tokenizer = tiny_roberta_tokenizer()
+        config = ClapTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            projection_dim=16,
+            max_position_embeddings=128,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        encoder = ClapTextModelWithProjection(config).eval()
+        width = 16 if text_embedding == "projected" else 32
+    elif text_embedding == "mean":
+        tokenizer = tiny_bert_tokenizer()
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            max_position_embeddings=128,
+        )
+        encoder = BertModel(config, add_pooling_layer=False).eval()
+        width = 16
+    else:
+        raise ValueError(text_embedding)
+    return encoder, tokenizer, width
+
+
+def tiny_vae(seed: int = 0, **overrides) -> AutoencoderGaussianDAC:
+    torch.manual_seed(seed)
+    config = dict(
+        encoder_dim=4,
+        encoder_rates=[2, 4],
+        latent_dim=4,
+        decoder_dim=16,
+        decoder_rates=[4, 2],
+        sampling_rate=44100,
+        latents_mean=[0.1, -0.2, 0.0, 0.3],
+        latents_std=[0.9, 1.1, 1.0, 0.8],
+    )
+    config.update(overrides)
+    return AutoencoderGaussianDAC(**config).eval()
+
+
+def tiny_transformer(cross_attention_dim: int, is_student: bool = True, seed: int = 0, **overrides) -> SoundCTMDiTModel:
+    """A 2-layer DiT with every weight random (the zero-initialised ones too, so conditioning matters)."""
+    torch.manual_seed(seed)
+    config = dict(
+        in_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        cross_attention_dim=cross_attention_dim,
+        timestep_features_dim=16,
+        ff_mult=2,
+        sample_size=16,
+        is_student=is_student,
+    )
+    config.update(overrides)
+    model = SoundCTMDiTModel(**config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.2)
+    return model.eval()
+
+
+def tiny_pipeline(student: bool = True, text_embedding: str = "projected", seed: int = 0) -> SoundCTMPipeline:
+    text_encoder, tokenizer, width = tiny_text_encoder(text_embedding, seed)
+    scheduler = CTMScheduler() if student else EDMHeunScheduler()
+    return SoundCTMPipeline(
+        vae=tiny_vae(seed),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=tiny_transformer(width, is_student=student, seed=seed),
+        scheduler=scheduler,
+        text_embedding=text_embedding,
+    )
