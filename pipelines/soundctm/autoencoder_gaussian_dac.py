@@ -30,7 +30,11 @@ class Snake1d(nn.Module):
         self.alpha = nn.Parameter(torch.ones(1, channels, 1))
 
     def forward(self, x):
-        return x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
+        inv_alpha = (self.alpha + 1e-9).reciprocal()
+        if torch.is_grad_enabled():
+            return x + inv_alpha * torch.sin(self.alpha * x).pow(2)
+        # Inference: the same value with two fewer passes over the (large) activation; about 2x faster here.
+        return torch.addcmul(x, (self.alpha * x).sin_().square_(), inv_alpha)
 
 
 class ResidualUnit(nn.Module):
