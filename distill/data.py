@@ -1,0 +1,334 @@
+"""Streaming audio-caption data for distillation, through `datasets` in streaming mode.
+
+Three sources, one record format (an audio column and a caption column, names chosen by the caller):
+
+- a Hub dataset id (`owner/name`): any dataset with an `Audio` column (or a column of file paths);
+- a local folder in the `audiofolder` layout (audio files + `metadata.csv`/`metadata.jsonl` with `file_name`);
+  `datasets` needs torchcodec (and FFmpeg) to list such a folder, even though we never let it decode;
+- a CSV or JSONL manifest whose audio column holds file paths (relative to the manifest's folder): needs neither
+  torchcodec nor FFmpeg.
+
+Audio is never decoded by `datasets` (`Audio(decode=False)` gives the file's bytes or path): soundfile reads it,
+the channels are averaged to mono, soxr resamples it to the VAE's rate, and a random window of the model's length is
+cut (or the clip is zero-padded at the end). A record that cannot be read is skipped, logged and counted.
+
+Resuming is exact. `datasets` can save a stream's position (`IterableDataset.state_dict`), but not the content of
+its shuffle buffer; so records are shuffled here in blocks of `shuffle_buffer_size`: a block is read, permuted with a
+seed fixed by (seed, rank, epoch, block), and consumed in order. A `state_dict()` holds the `datasets` position at the
+start of the current block and the position inside it; loading it re-reads that one block and goes on from the same
+record. Per-record randomness (crop offset, caption choice) is seeded by the record's place in the stream, so a
+resumed run sees the same waveforms as a run that was never stopped.
+"""
+
+import copy
+import io
+import logging
+import os
+from dataclasses import dataclass
+from itertools import islice
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json"}
+
+
+class EmptyStreamError(ValueError):
+    """The dataset stream has no (decodable) records."""
+
+
+def open_audio_caption_dataset(
+    source: str,
+    audio_column: str = "audio",
+    caption_column: str = "caption",
+    split: str = "train",
+    config_name: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+):
+    """
+    Opens `source` as a streaming `datasets.IterableDataset` of raw records, this process's part of it.
+
+    Args:
+        source (`str`): a `.csv`/`.json`/`.jsonl` manifest, an audiofolder directory, or a Hub dataset id.
+        audio_column, caption_column (`str`): the record's columns.
+        split, config_name, revision, cache_dir: passed to `datasets.load_dataset` (split is ignored for a manifest).
+        rank, world_size (`int`): this process's part of the stream (`datasets.distributed.split_dataset_by_node`).
+
+    Returns:
+        `(dataset, base_dir)`: the stream, and the folder that relative audio paths are resolved against.
+    Raises:
+        `ValueError` naming `--dataset_name`, `--audio_column` or `--caption_column` when the source cannot be opened
+        or lacks a named column.
+    """
+    from datasets import Audio, load_dataset
+    from datasets.distributed import split_dataset_by_node
+
+    where = f"--dataset_name {source!r}"
+    suffix = os.path.splitext(source)[1].lower()
+    base_dir = None
+    try:
+        if os.path.isfile(source):
+            if suffix not in MANIFEST_BUILDERS:
+                raise ValueError(f"{where}: a manifest file must be one of {sorted(MANIFEST_BUILDERS)}, got {suffix!r}")
+            dataset = load_dataset(MANIFEST_BUILDERS[suffix], data_files=source, split="train", streaming=True)
+            base_dir = os.path.dirname(os.path.abspath(source))
+        elif os.path.isdir(source):
+            _require_torchcodec(where)
+            dataset = load_dataset("audiofolder", data_dir=source, split=split, streaming=True)
+            base_dir = os.path.abspath(source)
+        elif os.path.exists(source) or source.count("/") != 1:
+            raise ValueError(f"{where} is neither a manifest (.csv/.jsonl), an audio folder nor a Hub id ('owner/name')")
+        else:
+            dataset = load_dataset(
+                source, config_name, split=split, streaming=True, revision=revision, cache_dir=cache_dir
+            )
+    except ValueError:
+        raise
+    except Exception as error:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ConnectionError)
+        raise ValueError(f"{where} could not be opened as a streaming dataset: {error}") from error
+
+    columns = dataset.column_names
+    if columns is not None:
+        for option, column in (("--audio_column", audio_column), ("--caption_column", caption_column)):
+            if column not in columns:
+                raise ValueError(f"{option} {column!r} is not a column of {where}; its columns are {columns}")
+    features = dataset.features
+    if features is not None and isinstance(features.get(audio_column), Audio):
+        dataset = dataset.cast_column(audio_column, Audio(decode=False))
+    if world_size > 1:
+        dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
+    return dataset, base_dir
+
+
+def _require_torchcodec(where: str) -> None:
+    try:
+        import torchcodec  # noqa: F401
+    except Exception as error:
+        raise ValueError(
+            f"{where} is an audio folder; `datasets` lists audio folders through torchcodec, which is not usable here "
+            f"({error}). Install FFmpeg and `torchcodec==0.13.0` (for torch 2.13), or pass the folder's "
+            "metadata.jsonl/metadata.csv itself as a manifest with --audio_column file_name, which needs neither."
+        ) from error
+
+
+def read_audio(value, base_dir: str | None = None) -> tuple[np.ndarray, int]:
+    """Reads an audio column value ({bytes, path}, {array, sampling_rate}, or a path) -> ((frames, channels), rate)."""
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            source = io.BytesIO(value["bytes"])
+        elif value.get("path"):
+            source = value["path"]
+        elif value.get("array") is not None:
+            array = np.asarray(value["array"], dtype=np.float32)
+            return (array[:, None] if array.ndim == 1 else array.T), int(value["sampling_rate"])
+        else:
+            raise ValueError("the audio value has neither bytes, path nor array")
+    elif isinstance(value, str):
+        source = value
+    else:
+        raise TypeError(f"unsupported audio value of type {type(value).__name__}")
+    if isinstance(source, str) and not os.path.isabs(source) and base_dir is not None and not os.path.exists(source):
+        source = os.path.join(base_dir, source)
+    audio, rate = sf.read(source, dtype="float32", always_2d=True)
+    return audio, int(rate)
+
+
+def prepare_waveform(
+    audio: np.ndarray, rate: int, target_rate: int, num_samples: int, rng: np.random.Generator, random_crop: bool = True
+) -> np.ndarray:
+    """
+    (frames, channels) at `rate` -> mono float32 `(num_samples,)` at `target_rate`: channels averaged, a window cut
+    (random when `random_crop`, else the start) and resampled with soxr, zero-padded at the end if the clip is short.
+    """
+    if audio.ndim != 2 or audio.shape[0] == 0:
+        raise ValueError(f"empty or malformed audio of shape {audio.shape}")
+    mono = audio.mean(axis=1, dtype=np.float32)
+    # Cut the window before resampling (a long file is not resampled whole); a few extra source samples give soxr
+    # context at the window's end.
+    needed = int(np.ceil(num_samples * rate / target_rate)) + (16 if rate != target_rate else 0)
+    if mono.shape[0] > needed:
+        offset = int(rng.integers(0, mono.shape[0] - needed + 1)) if random_crop else 0
+        mono = mono[offset : offset + needed]
+    if rate != target_rate:
+        mono = soxr.resample(mono, rate, target_rate, quality="HQ").astype(np.float32)
+    mono = mono[:num_samples]
+    if mono.shape[0] < num_samples:
+        mono = np.pad(mono, (0, num_samples - mono.shape[0]))
+    if not np.isfinite(mono).all():
+        raise ValueError("the audio contains NaN or infinite samples")
+    return mono
+
+
+def pick_caption(value, rng: np.random.Generator) -> str:
+    """A caption column value -> one caption (a list of captions, as in AudioCaps-style datasets, gives a random one)."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError("empty list of captions")
+        value = value[int(rng.integers(0, len(value)))]
+    if not isinstance(value, str):
+        raise TypeError(f"a caption must be a string, got {type(value).__name__}")
+    return value.strip()
+
+
+@dataclass
+class AudioExample:
+    waveform: np.ndarray  # (num_samples,) float32, mono, at the VAE's rate
+    caption: str
+
+
+class AudioCaptionStream:
+    """
+    An endless, exactly resumable iterator of `AudioExample`s over a `datasets.IterableDataset` (epoch after epoch).
+
+    Args:
+        dataset: the raw-record stream of this process (from `open_audio_caption_dataset`); never iterated itself,
+            each epoch iterates a copy.
+        audio_column, caption_column (`str`): the record's columns.
+        sampling_rate (`int`): the VAE's rate; num_samples (`int`): the model's length in samples.
+        seed (`int`), rank (`int`): seed the block permutations and per-record randomness.
+        shuffle_buffer_size (`int`): block size of the shuffle (1 keeps the stream's order).
+        base_dir (`str`, *optional*): folder for relative audio paths.
+        random_crop (`bool`): random window of long clips (else their start).
+    """
+
+    def __init__(
+        self,
+        dataset,
+        audio_column: str,
+        caption_column: str,
+        sampling_rate: int,
+        num_samples: int,
+        seed: int = 0,
+        rank: int = 0,
+        shuffle_buffer_size: int = 1000,
+        base_dir: str | None = None,
+        random_crop: bool = True,
+    ):
+        if shuffle_buffer_size < 1:
+            raise ValueError(f"shuffle_buffer_size must be >= 1, got {shuffle_buffer_size}")
+        self.dataset = dataset
+        self.audio_column, self.caption_column = audio_column, caption_column
+        self.sampling_rate, self.num_samples = int(sampling_rate), int(num_samples)
+        self.seed, self.rank = int(seed), int(rank)
+        self.shuffle_buffer_size = int(shuffle_buffer_size)
+        self.base_dir, self.random_crop = base_dir, random_crop
+        self.epoch = 0
+        self.skipped = 0  # records that failed to decode, over the whole run
+        self._block_index = 0
+        self._block_start = None  # `datasets` state at the start of the current block; None = start of the epoch
+        self._position = 0
+        self._decoded_in_epoch = 0
+        self._block = None
+        self._iterator = None
+        self._next_block_start = None
+
+    # ------------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "skipped": self.skipped,
+            "block_index": self._block_index,
+            "block_start": copy.deepcopy(self._block_start),
+            "position": self._position,
+            "decoded_in_epoch": self._decoded_in_epoch,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.skipped = int(state["epoch"]), int(state["skipped"])
+        self._block_index, self._position = int(state["block_index"]), int(state["position"])
+        self._block_start = copy.deepcopy(state["block_start"])
+        self._decoded_in_epoch = int(state["decoded_in_epoch"])
+        self._block = self._iterator = self._next_block_start = None
+
+    # ------------------------------------------------------------------------------------------ iteration
+    def __iter__(self):
+        return self
+
+    def _open(self):
+        dataset = copy.deepcopy(self.dataset)
+        if self._block_start is not None:
+            dataset.load_state_dict(copy.deepcopy(self._block_start))
+        self._live = dataset
+        self._iterator = iter(dataset)
+
+    def _read_block(self) -> None:
+        if self._iterator is None:
+            self._open()
+        records = list(islice(self._iterator, self.shuffle_buffer_size))
+        if not records:
+            if self._block_index == 0:
+                raise EmptyStreamError(f"the dataset stream is empty (process {self.rank})")
+            if self._decoded_in_epoch == 0:
+                raise EmptyStreamError(f"no record of the dataset stream could be decoded (process {self.rank})")
+            self.epoch += 1
+            self._block_index, self._block_start, self._position, self._decoded_in_epoch = 0, None, 0, 0
+            self._iterator = None
+            return self._read_block()
+        self._next_block_start = copy.deepcopy(self._live.state_dict())
+        if self.shuffle_buffer_size > 1:
+            order = np.random.default_rng([self.seed, self.rank, self.epoch, self._block_index]).permutation(len(records))
+            records = [records[i] for i in order]
+        self._block = records
+
+    def __next__(self) -> AudioExample:
+        while True:
+            if self._block is None:
+                self._read_block()
+            if self._position >= len(self._block):
+                self._block_start, self._block = self._next_block_start, None
+                self._block_index, self._position = self._block_index + 1, 0
+                continue
+            record, index = self._block[self._position], self._position
+            self._position += 1
+            rng = np.random.default_rng([self.seed, self.rank, self.epoch, self._block_index, index])
+            try:
+                example = self._decode(record, rng)
+            except Exception as error:  # any unreadable record is skipped, whatever the decoder raised
+                self.skipped += 1
+                logger.warning("skipping a record that could not be decoded (%s): %s", _describe(record, self.audio_column), error)
+                continue
+            self._decoded_in_epoch += 1
+            return example
+
+    def _decode(self, record: dict, rng: np.random.Generator) -> AudioExample:
+        audio, rate = read_audio(record[self.audio_column], self.base_dir)
+        waveform = prepare_waveform(audio, rate, self.sampling_rate, self.num_samples, rng, self.random_crop)
+        return AudioExample(waveform, pick_caption(record[self.caption_column], rng))
+
+    def check(self) -> None:
+        """Before training: the stream has a record, with both columns, and some record decodes. Reads records from
+        the start of a fresh pass until one decodes. Raises `ValueError` (`EmptyStreamError`) otherwise."""
+        errors = 0
+        for record in copy.deepcopy(self.dataset):
+            for option, column in (("--audio_column", self.audio_column), ("--caption_column", self.caption_column)):
+                if column not in record:
+                    raise ValueError(f"{option} {column!r} is not a column of the dataset; its records have {sorted(record)}")
+            try:
+                self._decode(record, np.random.default_rng(0))
+                return
+            except Exception as error:
+                errors += 1
+                logger.warning("record %s could not be decoded: %s", _describe(record, self.audio_column), error)
+        if errors:
+            raise EmptyStreamError(f"none of the {errors} records of the dataset stream could be decoded (process {self.rank})")
+        raise EmptyStreamError(f"the dataset stream is empty (process {self.rank})")
+
+    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, list[str]]:
+        """`(audio (batch_size, 1, num_samples) float32, captions)`."""
+        examples = [next(self) for _ in range(batch_size)]
+        audio = torch.from_numpy(np.stack([e.waveform for e in examples]))[:, None, :]
+        return audio, [e.caption for e in examples]
+
+
+def _describe(record: dict, audio_column: str) -> str:
+    value = record.get(audio_column)
+    if isinstance(value, dict):
+        return str(value.get("path") or "<bytes>")
+    return str(value)[:200]

@@ -1,0 +1,992 @@
+#!/usr/bin/env python
+"""Distils a SoundCTM student from a SoundCTM teacher pipeline on a streamed audio-caption dataset: the paper's
+Algorithm 2 with the settings of Appendix D (Saito et al., ICLR 2025), as an accelerate program.
+
+    accelerate launch distill/train.py --config distill/configs/soundctm_dit.yaml \
+        --pretrained_teacher_model path/or/hub-id-of-teacher --dataset_name data/train.jsonl --output_dir student
+
+One optimisation step, per micro-batch (Algorithm 2):
+  2-3  z_0 = E(x_0), standardised with the VAE's latent statistics;
+  4    caption -> "" with probability p_uncond (one network learns the conditional and the unconditional student);
+  5-8  ε, k ~ P(k) ∝ k, t = t_n, u = t_{n+k}, s ∈ [t_{N-1}, u] on the N-point Karras grid, ω ~ U[ω_min, ω_max];
+  9    z_u = Solver(z_t, c, ω, t, u; φ): k Heun steps of the CFG-guided teacher;
+  10   z_target = G_sg(θ)(z_u, c, ω, u, s): the EMA target network's jump, no gradient;
+  11   z_est = G_θ(z_t, c, ω, t, s), and in the same forward the DSM prediction g_θ(z_σ, c, ω, σ, σ);
+  12   L = d_teacher(z_target, z_est, c, s) + λ_DSM·L_DSM (Eqs. 5, 7-9), λ_DSM from the last layer's gradients.
+Then clip, RAdam step, target EMA θ⁻ ← μθ⁻ + (1 − μ)θ (and the optional export EMA).
+
+Settings come from a YAML file (`--config`, keys = the option names below) and the command line; flags win.
+See distill/README.md for data layouts, outputs, and where this follows the paper rather than the authors' code.
+"""
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+# Launched as a script, this file's folder is on sys.path, not the repository root that `distill.*` lives in.
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+from accelerate.logging import get_logger  # noqa: E402
+from accelerate.utils import DistributedType, ProjectConfiguration  # noqa: E402
+from diffusers.optimization import get_scheduler  # noqa: E402
+from diffusers.training_utils import EMAModel  # noqa: E402
+
+from distill.data import AudioCaptionStream, open_audio_caption_dataset  # noqa: E402
+from distill.losses import (  # noqa: E402
+    adaptive_dsm_weight,
+    conv1x1_weight_grad,
+    ctm_jump,
+    d_teacher,
+    drop_captions,
+    dsm_loss,
+    heun_solve_cfg,
+    l2_distance,
+    sample_ctm_indices,
+    sample_dsm_sigmas,
+    sample_num_heun_steps,
+    sample_omega,
+    student_output,
+)
+from distill.teacher import SoundCTMTeacher, load_teacher_pipeline  # noqa: E402
+from soundctm import CTMScheduler, SoundCTMDiTModel, SoundCTMPipeline  # noqa: E402
+
+logger = get_logger(__name__)
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+DEFAULT_VALIDATION_PROMPTS = ["a dog barks", "rain falls on a roof", "a siren wails in the distance"]
+
+
+# ================================================================================================ settings
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Distil a SoundCTM student from a SoundCTM teacher (Algorithm 2).")
+    parser.add_argument("--config", type=str, default=None, help="YAML file of settings (keys = option names); flags win.")
+    # ----------Teacher----------
+    parser.add_argument(
+        "--pretrained_teacher_model",
+        type=str,
+        default=None,
+        help="Teacher SoundCTM pipeline: a folder written by save_pretrained or a Hub repo id (required).",
+    )
+    parser.add_argument("--revision", type=str, default=None, help="Revision of the teacher on the Hub.")
+    parser.add_argument("--cache_dir", type=str, default=None, help="Where downloaded models and datasets go.")
+    # ----------Data----------
+    parser.add_argument(
+        "--dataset_name",
+        type=str,
+        default=None,
+        help="A .csv/.jsonl manifest of audio paths + captions, an audiofolder directory, or a Hub dataset id (required).",
+    )
+    parser.add_argument("--dataset_config_name", type=str, default=None, help="Hub dataset configuration.")
+    parser.add_argument("--dataset_split", type=str, default="train", help="Split of an audiofolder or Hub dataset.")
+    parser.add_argument("--dataset_revision", type=str, default=None, help="Revision of a Hub dataset.")
+    parser.add_argument("--audio_column", type=str, default="audio", help="Column with the audio (or its file path).")
+    parser.add_argument("--caption_column", type=str, default="caption", help="Column with the caption (str or list).")
+    parser.add_argument(
+        "--shuffle_buffer_size",
+        type=int,
+        default=1000,
+        help="Records are shuffled in blocks of this many (1 = stream order); resuming re-reads at most one block.",
+    )
+    parser.add_argument(
+        "--random_crop",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Cut a random window of clips longer than the model (else their start).",
+    )
+    parser.add_argument(
+        "--sample_size",
+        type=int,
+        default=None,
+        help="Latent frames per training clip (default: the teacher's sample_size); the clip is sample_size x hop samples.",
+    )
+    parser.add_argument(
+        "--audio_length_in_s",
+        type=float,
+        default=None,
+        help="Training clip length in seconds instead of --sample_size; must be a whole number of VAE hops.",
+    )
+    parser.add_argument(
+        "--compute_latent_stats",
+        "--compute-latent-stats",
+        action="store_true",
+        help="Compute per-channel latent mean/std over --latent_stats_samples records instead of the VAE config's.",
+    )
+    parser.add_argument("--latent_stats_samples", type=int, default=512, help="Records for --compute_latent_stats.")
+    # ----------Method (paper Sections 3.1-3.2, Appendix D; defaults = the authors' dit.yaml)----------
+    parser.add_argument("--num_timesteps", type=int, default=40, help="N, points of the Karras training grid.")
+    parser.add_argument(
+        "--max_heun_steps",
+        type=int,
+        default=None,
+        help="Cap on k, the teacher's Heun steps t -> u (default N - 1; P(k) ∝ k on 1..cap).",
+    )
+    parser.add_argument("--omega_min", type=float, default=1.0, help="ω_min of ω ~ U[ω_min, ω_max].")
+    parser.add_argument("--omega_max", type=float, default=10.0, help="ω_max of ω ~ U[ω_min, ω_max].")
+    parser.add_argument("--p_uncond", type=float, default=0.1, help="Probability that a caption is replaced by ''.")
+    parser.add_argument(
+        "--ctm_distance",
+        type=str,
+        default="d_teacher",
+        choices=["d_teacher", "l2"],
+        help="CTM loss distance at time s: d_teacher (Eq. 5) or l2 on the latents.",
+    )
+    parser.add_argument(
+        "--dsm_weight_scale",
+        type=float,
+        default=0.2,
+        help="Multiplies the adaptive λ_DSM (0 turns the DSM loss off).",
+    )
+    parser.add_argument("--max_dsm_weight", type=float, default=1e3, help="λ_DSM is clamped to [0, this].")
+    parser.add_argument("--dsm_p_mean", type=float, default=-1.2, help="ln σ ~ N(mean, std²) for half the DSM batch.")
+    parser.add_argument("--dsm_p_std", type=float, default=1.2)
+    parser.add_argument(
+        "--dsm_xi_max",
+        type=float,
+        default=0.7,
+        help="The other half: σ on the Karras ramp at ξ ~ U[0, this].",
+    )
+    parser.add_argument("--ema_decay", type=float, default=0.999, help="μ of the EMA target network sg(θ).")
+    # ----------Training----------
+    parser.add_argument("--output_dir", type=str, default="soundctm-student", help="Checkpoints, logs and the student.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of every random draw (data order, noise, t/u/s, ω).")
+    parser.add_argument("--train_batch_size", type=int, default=8, help="Batch size per process.")
+    parser.add_argument("--max_train_steps", type=int, default=10000, help="Optimisation steps.")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--gradient_checkpointing", action="store_true", help="Recompute the DiT blocks in backward.")
+    parser.add_argument("--learning_rate", type=float, default=8e-5)
+    parser.add_argument("--adam_beta1", type=float, default=0.9, help="RAdam β1.")
+    parser.add_argument("--adam_beta2", type=float, default=0.999, help="RAdam β2.")
+    parser.add_argument("--adam_epsilon", type=float, default=1e-8)
+    parser.add_argument("--adam_weight_decay", type=float, default=0.0)
+    parser.add_argument(
+        "--lr_scheduler",
+        type=str,
+        default="constant",
+        help='diffusers schedule: "constant", "constant_with_warmup", "linear", "cosine", ...',
+    )
+    parser.add_argument("--lr_warmup_steps", type=int, default=0)
+    parser.add_argument("--max_grad_norm", type=float, default=1000.0, help="Gradient clipping norm.")
+    parser.add_argument(
+        "--mixed_precision",
+        type=str,
+        default=None,
+        choices=["no", "fp16", "bf16"],
+        help="Overrides `accelerate config`. The frozen teacher runs in this precision; weights stay fp32.",
+    )
+    parser.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs.")
+    parser.add_argument(
+        "--use_ema",
+        action="store_true",
+        help="Keep a separate EMA of the student for export (diffusers EMAModel) besides the target network.",
+    )
+    parser.add_argument("--export_ema_decay", type=float, default=0.9999, help="Decay of the --use_ema export EMA.")
+    # ----------Checkpointing----------
+    parser.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable state every N steps.")
+    parser.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most this many states.")
+    parser.add_argument(
+        "--resume_from_checkpoint",
+        type=str,
+        default=None,
+        help='"latest" or a checkpoint folder: continue exactly (same batches, same random draws).',
+    )
+    # ----------Logging and validation----------
+    parser.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb", "all" or "none".')
+    parser.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, inside --output_dir.")
+    parser.add_argument("--tracker_project_name", type=str, default="soundctm-distill")
+    parser.add_argument("--validation_steps", type=int, default=500, help="Generate validation audio every N steps.")
+    parser.add_argument("--validation_prompts", type=str, nargs="*", default=DEFAULT_VALIDATION_PROMPTS)
+    parser.add_argument(
+        "--validation_inference_steps", type=int, nargs="*", default=[1, 16], help="Student step counts to log."
+    )
+    parser.add_argument("--validation_guidance_scale", type=float, default=5.0, help="ω of the validation samples.")
+    parser.add_argument("--validation_nu", type=float, default=1.0, help="ν of the validation samples.")
+    # ----------Hub----------
+    parser.add_argument("--push_to_hub", action="store_true", help="Upload the student pipeline at the end.")
+    parser.add_argument("--hub_model_id", type=str, default=None, help="Repo id (default: the output folder's name).")
+    parser.add_argument("--hub_token", type=str, default=None, help="Prefer `hf auth login`.")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command line over YAML over defaults, then `check_args`."""
+    parser = build_parser()
+    known, _ = parser.parse_known_args(argv)
+    if known.config is not None:
+        with open(known.config) as f:
+            settings = yaml.safe_load(f) or {}
+        if not isinstance(settings, dict):
+            raise ValueError(f"--config {known.config}: expected a mapping of option names to values")
+        options = {action.dest for action in parser._actions}
+        unknown = sorted(set(settings) - options)
+        if unknown:
+            raise ValueError(f"--config {known.config}: unknown settings {unknown}")
+        parser.set_defaults(**settings)
+    args = parser.parse_args(argv)
+    check_args(args)
+    return args
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Fails before anything is loaded, naming the option and its allowed values."""
+    for name in ("pretrained_teacher_model", "dataset_name"):
+        if not getattr(args, name):
+            raise ValueError(f"--{name} is required (as a flag or in --config)")
+    if args.omega_min > args.omega_max:
+        raise ValueError(f"--omega_min ({args.omega_min}) must be <= --omega_max ({args.omega_max})")
+    if args.num_timesteps < 2:
+        raise ValueError(f"--num_timesteps must be >= 2, got {args.num_timesteps}")
+    if args.max_heun_steps is not None and not 1 <= args.max_heun_steps <= args.num_timesteps - 1:
+        raise ValueError(f"--max_heun_steps must be in [1, {args.num_timesteps - 1}], got {args.max_heun_steps}")
+    checks = {
+        "p_uncond": 0.0 <= args.p_uncond <= 1.0,
+        "ema_decay": 0.0 <= args.ema_decay < 1.0,
+        "export_ema_decay": 0.0 <= args.export_ema_decay < 1.0,
+        "dsm_weight_scale": args.dsm_weight_scale >= 0.0,
+        "max_dsm_weight": args.max_dsm_weight >= 0.0,
+        "dsm_xi_max": 0.0 <= args.dsm_xi_max <= 1.0,
+        "dsm_p_std": args.dsm_p_std > 0.0,
+        "learning_rate": args.learning_rate > 0.0,
+        "max_grad_norm": args.max_grad_norm > 0.0,
+    }
+    allowed = {
+        "p_uncond": "[0, 1]",
+        "ema_decay": "[0, 1)",
+        "export_ema_decay": "[0, 1)",
+        "dsm_weight_scale": ">= 0",
+        "max_dsm_weight": ">= 0",
+        "dsm_xi_max": "[0, 1]",
+        "dsm_p_std": "> 0",
+        "learning_rate": "> 0",
+        "max_grad_norm": "> 0",
+    }
+    for name, ok in checks.items():
+        if not ok:
+            raise ValueError(f"--{name} must be in {allowed[name]}, got {getattr(args, name)}")
+    for name in (
+        "train_batch_size",
+        "max_train_steps",
+        "gradient_accumulation_steps",
+        "checkpointing_steps",
+        "validation_steps",
+        "shuffle_buffer_size",
+        "latent_stats_samples",
+    ):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        raise ValueError(f"--checkpoints_total_limit must be >= 1, got {args.checkpoints_total_limit}")
+    if args.sample_size is not None and args.audio_length_in_s is not None:
+        raise ValueError("give at most one of --sample_size and --audio_length_in_s")
+    if args.sample_size is not None and args.sample_size < 1:
+        raise ValueError(f"--sample_size must be >= 1, got {args.sample_size}")
+    if any(steps < 1 for steps in args.validation_inference_steps):
+        raise ValueError(f"--validation_inference_steps must be >= 1, got {args.validation_inference_steps}")
+    if args.report_to not in ("tensorboard", "wandb", "all", "none"):
+        raise ValueError(f"--report_to must be one of tensorboard, wandb, all, none; got {args.report_to!r}")
+
+
+def training_length(args, transformer_config, vae) -> int:
+    """Latent frames per training clip, checked against what the VAE produces."""
+    hop, rate = vae.hop_length, vae.config.sampling_rate
+    if args.audio_length_in_s is not None:
+        samples = args.audio_length_in_s * rate
+        if samples < hop or abs(samples / hop - round(samples / hop)) > 1e-6:
+            raise ValueError(
+                f"--audio_length_in_s {args.audio_length_in_s} is {samples:g} samples at {rate} Hz: the VAE (hop "
+                f"{hop}) can only produce whole multiples of {hop} samples ({hop / rate:.6f} s)"
+            )
+        return int(round(samples / hop))
+    return int(args.sample_size or transformer_config.sample_size)
+
+
+@torch.no_grad()
+def check_vae_length(vae, sample_size: int, in_channels: int, device) -> None:
+    """The VAE must turn sample_size·hop samples into exactly sample_size frames of in_channels channels."""
+    audio = torch.zeros(1, vae.config.audio_channels, sample_size * vae.hop_length, device=device, dtype=vae.dtype)
+    latent = vae.encode(audio).latent_dist.mean
+    if tuple(latent.shape[1:]) != (in_channels, sample_size):
+        raise ValueError(
+            f"the model length of {sample_size} latent frames ({sample_size * vae.hop_length} samples) cannot be "
+            f"produced by the VAE: it encodes them to {tuple(latent.shape[1:])} (channels, frames), the transformer "
+            f"needs ({in_channels}, {sample_size}); choose another --sample_size / --audio_length_in_s"
+        )
+
+
+# ================================================================================================ pieces of a step
+class PhaseTimer:
+    """Wall-clock seconds per named phase of a step (synchronising CUDA so that times are the phase's own)."""
+
+    def __init__(self, device: torch.device, enabled: bool = True):
+        self.device, self.enabled = device, enabled
+        self.seconds = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, name: str):
+        if not self.enabled:
+            yield
+            return
+        self._sync()
+        start = time.perf_counter()
+        yield
+        self._sync()
+        self.seconds[name] += time.perf_counter() - start
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def pop(self) -> dict:
+        seconds, self.seconds = dict(self.seconds), defaultdict(float)
+        return seconds
+
+
+class LayerInput:
+    """Keeps the input of a module's last forward call (the student's last layer, for λ_DSM)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.value = None
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        self.value = inputs[0]
+
+
+@dataclass
+class CTMBatch:
+    """Everything lines 2-10 of Algorithm 2 produce for one micro-batch (no gradient anywhere)."""
+
+    z0: torch.Tensor  # (B, C, T) standardised latents
+    cond: torch.Tensor  # (B, 1, D) caption embeddings, "" where dropped
+    omega: torch.Tensor  # (B,)
+    t: torch.Tensor  # (B,) σ of z_t
+    s: torch.Tensor  # (B,) jump target
+    z_t: torch.Tensor
+    z_target: torch.Tensor  # G_sg(θ)(Solver(z_t, t, u), u, s)
+    dsm_sigma: torch.Tensor  # (B,)
+    z_dsm: torch.Tensor  # z_0 + σ·ε'
+    k: int
+
+
+@torch.no_grad()
+def ctm_batch(
+    audio: torch.Tensor,
+    captions: list[str],
+    *,
+    accelerator: Accelerator,
+    target: SoundCTMDiTModel,
+    teacher: SoundCTMTeacher,
+    pipe: SoundCTMPipeline,
+    scheduler: CTMScheduler,
+    sigmas: torch.Tensor,
+    uncond_embeds: torch.Tensor,
+    args,
+    shared_generator: torch.Generator,
+    generator: torch.Generator,
+    timer: PhaseTimer,
+) -> CTMBatch:
+    """
+    Lines 2-10 of Algorithm 2: latents, caption dropout, (t, u, s) and ω, the teacher's solve t → u and the target
+    network's jump u → s; also the DSM noise level and its noisy latent.
+
+    `shared_generator` draws what every process must agree on (k, so that all ranks do the same work);
+    `generator` draws the rest, per process. Both live on the CPU: a run is reproducible on any device.
+    """
+    device, batch = accelerator.device, audio.shape[0]
+    vae, num_timesteps = pipe.vae, sigmas.shape[0]
+    # 2-3: z_0 = E(x_0), a posterior sample, standardised as the teacher's latents were.
+    with timer("vae_encode"):
+        posterior = vae.encode(audio.to(device, vae.dtype)).latent_dist
+        posterior_noise = torch.randn(posterior.mean.shape, generator=generator).to(device)
+        z0 = vae.standardize(posterior.mean + posterior.std * posterior_noise).float()
+    # 4: c_text <- ∅ with probability p_uncond.
+    captions = drop_captions(captions, args.p_uncond, generator)
+    with timer("text_encode"):
+        cond = pipe.encode_text(captions, device)
+    uncond = uncond_embeds.expand(batch, -1, -1)
+    # 5-8: ε, (t, u, s) on the grid, ω; the DSM noise level σ with its own ε.
+    k = sample_num_heun_steps(args.max_heun_steps or num_timesteps - 1, shared_generator)
+    n, u, s = (index.to(device) for index in sample_ctm_indices(batch, num_timesteps, k, generator))
+    omega = sample_omega(batch, args.omega_min, args.omega_max, generator).to(device)
+    eps = torch.randn(z0.shape, generator=generator).to(device)
+    config = scheduler.config
+    dsm_sigma = sample_dsm_sigmas(
+        batch, generator, config.sigma_min, config.sigma_max, config.rho, args.dsm_p_mean, args.dsm_p_std, args.dsm_xi_max
+    ).to(device)
+    dsm_eps = torch.randn(z0.shape, generator=generator).to(device)
+    t_sigma, u_sigma, s_sigma = sigmas[n], sigmas[u], sigmas[s]
+    z_t = z0 + t_sigma[:, None, None] * eps
+
+    # 9: z_u = Solver(z_t, c, ω, t, u; φ), k Heun steps of the guided teacher.
+    with timer("teacher_solve"), accelerator.autocast():
+        z_u = heun_solve_cfg(teacher, z_t, sigmas, n, k, cond, uncond, omega)
+    # 10: z_target = G_sg(θ)(z_u, c, ω, u, s).
+    with timer("target_jump"), accelerator.autocast():
+        F_target = student_output(target, scheduler, z_u, u_sigma, s_sigma, omega, cond)
+        z_target, _ = ctm_jump(scheduler, F_target, z_u, u_sigma, s_sigma)
+    return CTMBatch(
+        z0=z0,
+        cond=cond,
+        omega=omega,
+        t=t_sigma,
+        s=s_sigma,
+        z_t=z_t,
+        z_target=z_target,
+        dsm_sigma=dsm_sigma,
+        z_dsm=z0 + dsm_sigma[:, None, None] * dsm_eps,
+        k=k,
+    )
+
+
+def student_backward(
+    batch: CTMBatch,
+    *,
+    accelerator: Accelerator,
+    student,
+    last_layer_input: LayerInput,
+    teacher: SoundCTMTeacher,
+    scheduler: CTMScheduler,
+    args,
+    timer: PhaseTimer,
+) -> dict:
+    """
+    Lines 11-12 of Algorithm 2: the student's jump z_est = G_θ(z_t, t, s) and, in the same forward, its DSM
+    prediction g_θ(z_σ, σ, σ); L = L_CTM + λ_DSM·L_DSM (Eq. 9) back-propagated with `accelerator.backward`.
+
+    The backward starts from ∂L/∂F (F = the student's raw output): the teacher's feature graph is traversed once, for
+    ∂L_CTM/∂F, and λ_DSM's last-layer gradients are formed from ∂L/∂F and that layer's input, so the gradients equal
+    those of L_CTM + λ_DSM·L_DSM (λ_DSM held constant) without the two extra backward passes of the authors' code.
+    Returns the logged values.
+    """
+    with timer("student_forward"), accelerator.autocast():
+        F = student_output(
+            student,
+            scheduler,
+            torch.cat([batch.z_t, batch.z_dsm]),
+            torch.cat([batch.t, batch.dsm_sigma]),
+            torch.cat([batch.s, batch.dsm_sigma]),
+            torch.cat([batch.omega, batch.omega]),
+            torch.cat([batch.cond, batch.cond]),
+        )
+    last_input = last_layer_input.value
+    F_ctm, F_dsm = F.chunk(2)
+    z_est, _ = ctm_jump(scheduler, F_ctm, batch.z_t, batch.t, batch.s)
+    _, g_dsm = ctm_jump(scheduler, F_dsm, batch.z_dsm, batch.dsm_sigma, batch.dsm_sigma)
+
+    with timer("dsm"):
+        loss_dsm = dsm_loss(g_dsm, batch.z0, batch.dsm_sigma, teacher.sigma_data).mean()
+        grad_dsm = torch.autograd.grad(loss_dsm, F, retain_graph=True)[0]
+    # fp16: the gradient through the teacher is taken at the loss scale, so that it does not underflow.
+    loss_scale = accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0
+    with timer("d_teacher"):
+        if args.ctm_distance == "d_teacher":
+            # Eqs. (5), (7): the teacher's block features at time s, with the (possibly dropped) caption.
+            with accelerator.autocast():
+                with torch.no_grad():
+                    features_target = teacher.block_features(batch.z_target, batch.s, batch.cond)
+                features_est = teacher.block_features(z_est, batch.s, batch.cond)
+            loss_ctm = d_teacher(features_est, features_target).mean()
+        else:
+            loss_ctm = l2_distance(z_est, batch.z_target).mean()
+        grad_ctm = torch.autograd.grad(loss_ctm * loss_scale, F)[0].float() / loss_scale
+    with timer("dsm"):
+        lambda_dsm = adaptive_dsm_weight(
+            conv1x1_weight_grad(grad_ctm, last_input), conv1x1_weight_grad(grad_dsm, last_input), args.max_dsm_weight
+        )
+        weight = args.dsm_weight_scale * lambda_dsm
+    loss = loss_ctm.detach() + weight * loss_dsm.detach()
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss: L_CTM={loss_ctm.item()}, L_DSM={loss_dsm.item()} (k={batch.k})")
+    with timer("student_backward"):
+        accelerator.backward((F * (grad_ctm + weight * grad_dsm).detach()).sum())
+    return {
+        "loss": loss.item(),
+        "loss_ctm": loss_ctm.item(),
+        "loss_dsm": loss_dsm.item(),
+        "lambda_dsm": lambda_dsm.item(),
+        "heun_steps": batch.k,
+    }
+
+
+# ================================================================================================ EMA networks
+@torch.no_grad()
+def update_target(target: SoundCTMDiTModel, student_params: list[torch.Tensor], mu: float) -> None:
+    """sg(θ) ← μ·sg(θ) + (1 − μ)·θ."""
+    target_params = list(target.parameters())
+    if len(target_params) != len(student_params) or any(p.shape != q.shape for p, q in zip(student_params, target_params)):
+        raise RuntimeError(
+            "the student's parameters do not match the target network's; with FSDP set fsdp_use_orig_params: true"
+        )
+    torch._foreach_lerp_(target_params, [p.to(q.dtype) for p, q in zip(student_params, target_params)], 1.0 - mu)
+
+
+@contextmanager
+def full_student_parameters(accelerator: Accelerator, model):
+    """The student's full (unsharded) parameters in `parameters()` order, whatever wraps the model."""
+    if accelerator.distributed_type == DistributedType.FSDP:
+        unwrapped = accelerator.unwrap_model(model)
+        params = list(unwrapped.parameters())
+        if any(type(p).__name__ == "DTensor" for p in params):  # FSDP2
+            yield [p.full_tensor() for p in params]
+            return
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        with FullyShardedDataParallel.summon_full_params(model, writeback=False):
+            yield [p.detach() for p in accelerator.unwrap_model(model).parameters()]
+        return
+    yield [p.detach() for p in accelerator.unwrap_model(model).parameters()]
+
+
+# ================================================================================================ checkpoints
+def list_checkpoints(output_dir: str) -> list[str]:
+    if not os.path.isdir(output_dir):
+        return []
+    found = [d for d in os.listdir(output_dir) if CHECKPOINT_PATTERN.match(d)]
+    return sorted(found, key=lambda d: int(CHECKPOINT_PATTERN.match(d).group(1)))
+
+
+def resolve_checkpoint(args) -> str | None:
+    if not args.resume_from_checkpoint:
+        return None
+    if args.resume_from_checkpoint == "latest":
+        found = list_checkpoints(args.output_dir)
+        return os.path.join(args.output_dir, found[-1]) if found else None
+    path = args.resume_from_checkpoint
+    if not os.path.isdir(path):
+        path = os.path.join(args.output_dir, path)
+    if not os.path.isdir(path):
+        raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r}: no such checkpoint folder")
+    return path
+
+
+def save_checkpoint(accelerator, args, global_step: int, train_state: dict) -> str:
+    """accelerate's state (student, optimizer, LR schedule; the hooks add the EMA networks) plus every process's own
+    stream position and generators, written to a `.partial` folder and renamed once complete."""
+    final = os.path.join(args.output_dir, f"checkpoint-{global_step}")
+    partial = final + ".partial"
+    if accelerator.is_main_process:
+        existing = list_checkpoints(args.output_dir)
+        if args.checkpoints_total_limit is not None and len(existing) >= args.checkpoints_total_limit:
+            for name in existing[: len(existing) - args.checkpoints_total_limit + 1]:
+                logger.info(f"removing old checkpoint {name}")
+                shutil.rmtree(os.path.join(args.output_dir, name))
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(partial)
+    torch.save(train_state, os.path.join(partial, f"distill_state_{accelerator.process_index}.pt"))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        logger.info(f"saved state to {final}")
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_train_state(path: str, accelerator: Accelerator) -> dict:
+    state_path = os.path.join(path, f"distill_state_{accelerator.process_index}.pt")
+    if not os.path.isfile(state_path):
+        raise ValueError(f"{path} has no {os.path.basename(state_path)}: was it saved by this script?")
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    if state["num_processes"] != accelerator.num_processes:
+        raise ValueError(
+            f"{path} was saved by {state['num_processes']} processes; resume it with the same number "
+            f"(now {accelerator.num_processes}), since every process resumes its own part of the stream"
+        )
+    return state
+
+
+# ================================================================================================ validation
+def student_pipeline(pipe: SoundCTMPipeline, transformer: SoundCTMDiTModel, scheduler: CTMScheduler) -> SoundCTMPipeline:
+    """The teacher's VAE and text encoder with a student transformer and the CTM scheduler."""
+    student_pipe = SoundCTMPipeline(
+        vae=pipe.vae,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        transformer=transformer,
+        scheduler=CTMScheduler.from_config(scheduler.config),
+        text_embedding=pipe.config.text_embedding,
+    )
+    student_pipe.set_progress_bar_config(disable=True)
+    return student_pipe
+
+
+@torch.no_grad()
+def log_validation(accelerator, args, pipe, transformer, scheduler, step: int) -> None:
+    """1-step and N-step samples of the validation prompts (the same noise per prompt) to the trackers."""
+    student_pipe = student_pipeline(pipe, transformer, scheduler)
+    rate = pipe.vae.config.sampling_rate
+    for steps in args.validation_inference_steps:
+        for i, prompt in enumerate(args.validation_prompts):
+            with accelerator.autocast():
+                audio = student_pipe(
+                    prompt,
+                    num_inference_steps=steps,
+                    guidance_scale=args.validation_guidance_scale,
+                    nu=args.validation_nu,
+                    generator=torch.Generator().manual_seed(args.seed + i),
+                    output_type="pt",
+                ).audios[0, 0]
+            audio = audio.float().cpu()
+            for tracker in accelerator.trackers:
+                tag = f"validation/{steps}_step/{i}"
+                if tracker.name == "tensorboard":
+                    tracker.writer.add_audio(tag, audio[None], step, sample_rate=rate)
+                elif tracker.name == "wandb":
+                    import wandb
+
+                    tracker.log({tag: wandb.Audio(audio.numpy(), sample_rate=rate, caption=prompt)}, step=step)
+
+
+def make_student(teacher_transformer: SoundCTMDiTModel, sample_size: int) -> SoundCTMDiTModel:
+    """The student θ: the teacher's config with the s and ω inputs (no new parameters), the teacher's weights (fp32)."""
+    student = SoundCTMDiTModel.from_config(teacher_transformer.config, is_student=True, sample_size=sample_size)
+    student.load_state_dict({k: v.float() for k, v in teacher_transformer.state_dict().items()})
+    return student
+
+
+# ================================================================================================ latent statistics
+@torch.no_grad()
+def compute_latent_stats(accelerator, args, pipe, dataset, base_dir, num_samples) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the VAE's posterior samples over about `latent_stats_samples` records, all
+    processes together (each reads its own part of the stream)."""
+    vae, device = pipe.vae, accelerator.device
+    stream = AudioCaptionStream(
+        dataset,
+        args.audio_column,
+        args.caption_column,
+        vae.config.sampling_rate,
+        num_samples,
+        seed=args.seed + 1,
+        rank=accelerator.process_index,
+        shuffle_buffer_size=args.shuffle_buffer_size,
+        base_dir=base_dir,
+        random_crop=args.random_crop,
+    )
+    generator = torch.Generator().manual_seed(args.seed + 1 + accelerator.process_index)
+    per_process = math.ceil(args.latent_stats_samples / accelerator.num_processes)
+    sums = torch.zeros(3, vae.config.latent_dim, dtype=torch.float64, device=device)
+    done = 0
+    while done < per_process:
+        audio, _ = stream.next_batch(min(args.train_batch_size, per_process - done))
+        posterior = vae.encode(audio.to(device, vae.dtype)).latent_dist
+        z = (posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(device)).double()
+        sums += torch.stack([torch.full_like(z[0, :, 0], z.shape[0] * z.shape[2]), z.sum((0, 2)), (z * z).sum((0, 2))])
+        done += audio.shape[0]
+    sums = accelerator.reduce(sums, reduction="sum")
+    count, total, total_sq = sums
+    mean = total / count
+    std = (total_sq / count - mean**2).clamp(min=1e-12).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+# ================================================================================================ main
+def main(args: argparse.Namespace) -> str:
+    logging_dir = os.path.join(args.output_dir, args.logging_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir),
+    )
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO
+    )
+    logger.info(accelerator.state, main_process_only=False)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        stage = accelerator.state.deepspeed_plugin.zero_stage
+        if stage == 3:
+            raise ValueError(
+                "DeepSpeed ZeRO stage 3 is not supported: the EMA target network needs the student's full weights "
+                "after every step; use ZeRO stage 1/2 or FSDP"
+            )
+    if args.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+    device = accelerator.device
+
+    # 1. The teacher pipeline: teacher transformer φ, VAE E/D, text encoder (all frozen).
+    with accelerator.main_process_first():
+        pipe = load_teacher_pipeline(args.pretrained_teacher_model, args.revision, args.cache_dir)
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.vae, pipe.text_encoder, pipe.transformer):
+        module.requires_grad_(False)
+        module.eval()
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    pipe.vae.to(device)
+    pipe.text_encoder.to(device)
+    pipe.transformer.to(device)
+    if weight_dtype != torch.float32:
+        pipe.transformer.to(dtype=weight_dtype)
+    teacher_config = pipe.scheduler.config
+    scheduler = CTMScheduler(
+        sigma_min=teacher_config.sigma_min,
+        sigma_max=teacher_config.sigma_max,
+        sigma_data=teacher_config.sigma_data,
+        rho=teacher_config.rho,
+    )
+    teacher = SoundCTMTeacher(pipe.transformer, scheduler)
+    if abs(pipe.vae.config.scaling_factor - scheduler.config.sigma_data) > 1e-6:
+        logger.warning(
+            f"the VAE's scaling_factor ({pipe.vae.config.scaling_factor}) differs from the teacher's sigma_data "
+            f"({scheduler.config.sigma_data}): the latents will not have the spread the teacher was trained on"
+        )
+
+    # 2. The model length, checked against the VAE.
+    sample_size = training_length(args, pipe.transformer.config, pipe.vae)
+    check_vae_length(pipe.vae, sample_size, pipe.transformer.config.in_channels, device)
+    num_samples = sample_size * pipe.vae.hop_length
+
+    # 3. The student θ (the teacher plus s and ω inputs, from the teacher's weights) and its EMA target sg(θ).
+    student = make_student(pipe.transformer, sample_size).to(device).train()
+    if args.gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+        pipe.transformer.enable_gradient_checkpointing()
+    target = copy.deepcopy(student).requires_grad_(False).eval()
+    export_ema = None
+    if args.use_ema:
+        export_ema = EMAModel(
+            student.parameters(), decay=args.export_ema_decay, model_cls=SoundCTMDiTModel, model_config=student.config
+        )
+        export_ema.to(device)
+    last_layer_input = LayerInput(student.postprocess_conv)  # θ_L of λ_DSM: the layer that outputs F
+
+    # 4. Data: this process's part of the stream.
+    dataset, base_dir = open_audio_caption_dataset(
+        args.dataset_name,
+        args.audio_column,
+        args.caption_column,
+        split=args.dataset_split,
+        config_name=args.dataset_config_name,
+        revision=args.dataset_revision,
+        cache_dir=args.cache_dir,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+    )
+    stream = AudioCaptionStream(
+        dataset,
+        args.audio_column,
+        args.caption_column,
+        pipe.vae.config.sampling_rate,
+        num_samples,
+        seed=args.seed,
+        rank=accelerator.process_index,
+        shuffle_buffer_size=args.shuffle_buffer_size,
+        base_dir=base_dir,
+        random_crop=args.random_crop,
+    )
+    stream.check()  # an empty stream, missing columns or undecodable audio fail here, before any training
+
+    if args.compute_latent_stats:
+        stats_path = os.path.join(args.output_dir, "latent_stats.json")
+        if os.path.isfile(stats_path):  # a resumed run keeps the statistics it started with
+            with open(stats_path) as f:
+                stats = json.load(f)
+            mean, std = stats["latents_mean"], stats["latents_std"]
+        else:
+            mean, std = compute_latent_stats(accelerator, args, pipe, dataset, base_dir, num_samples)
+            if accelerator.is_main_process:
+                with open(stats_path, "w") as f:
+                    json.dump({"latents_mean": mean, "latents_std": std}, f, indent=2)
+        pipe.vae.register_to_config(latents_mean=mean, latents_std=std)
+        logger.info(f"latent statistics: mean {np.round(mean, 4).tolist()}, std {np.round(std, 4).tolist()}")
+
+    # 5. Optimiser (RAdam, Appendix D) and schedule; accelerate wraps the student for DDP / FSDP / DeepSpeed.
+    optimizer = torch.optim.RAdam(
+        student.parameters(),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.adam_weight_decay,
+    )
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
+
+    def save_model_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            target.save_pretrained(os.path.join(output_dir, "transformer_target"))
+            if export_ema is not None:
+                export_ema.save_pretrained(os.path.join(output_dir, "transformer_ema"))
+
+    def load_model_hook(models, input_dir):
+        loaded = SoundCTMDiTModel.from_pretrained(os.path.join(input_dir, "transformer_target"))
+        target.load_state_dict(loaded.state_dict())
+        if export_ema is not None:
+            loaded = EMAModel.from_pretrained(os.path.join(input_dir, "transformer_ema"), SoundCTMDiTModel)
+            export_ema.load_state_dict(loaded.state_dict())
+            export_ema.to(device)
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+    sigmas = torch.from_numpy(scheduler.karras_sigmas(args.num_timesteps)).float().to(device)
+    uncond_embeds = pipe.encode_text([""], device)
+    shared_generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed + 1000 * (1 + accelerator.process_index))
+
+    if accelerator.is_main_process:
+        config = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in vars(args).items()}
+        accelerator.init_trackers(args.tracker_project_name, config=config)
+
+    global_step = 0
+    checkpoint = resolve_checkpoint(args)
+    if args.resume_from_checkpoint and checkpoint is None:
+        logger.info(f"no checkpoint in {args.output_dir}: starting a new run")
+    if checkpoint is not None:
+        logger.info(f"resuming from {checkpoint}")
+        accelerator.load_state(checkpoint)
+        state = load_train_state(checkpoint, accelerator)
+        global_step = state["global_step"]
+        stream.load_state_dict(state["stream"])
+        shared_generator.set_state(state["shared_generator"])
+        generator.set_state(state["generator"])
+
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info("***** Distillation *****")
+    logger.info(f"  teacher = {args.pretrained_teacher_model}, data = {args.dataset_name}")
+    logger.info(f"  batch per process = {args.train_batch_size}, total batch = {total_batch}")
+    logger.info(f"  steps = {args.max_train_steps} (from {global_step}), grid N = {args.num_timesteps}")
+
+    timer = PhaseTimer(device)
+    while global_step < args.max_train_steps:
+        step_start = time.perf_counter()
+        step_logs = defaultdict(float)
+        for _ in range(args.gradient_accumulation_steps):
+            with accelerator.accumulate(student):
+                with timer("data"):
+                    audio, captions = stream.next_batch(args.train_batch_size)
+                batch = ctm_batch(
+                    audio,
+                    captions,
+                    accelerator=accelerator,
+                    target=target,
+                    teacher=teacher,
+                    pipe=pipe,
+                    scheduler=scheduler,
+                    sigmas=sigmas,
+                    uncond_embeds=uncond_embeds,
+                    args=args,
+                    shared_generator=shared_generator,
+                    generator=generator,
+                    timer=timer,
+                )
+                logs = student_backward(
+                    batch,
+                    accelerator=accelerator,
+                    student=student,
+                    last_layer_input=last_layer_input,
+                    teacher=teacher,
+                    scheduler=scheduler,
+                    args=args,
+                    timer=timer,
+                )
+                for key, value in logs.items():
+                    step_logs[key] += value / args.gradient_accumulation_steps
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(student.parameters(), args.max_grad_norm)
+                    step_logs["grad_norm"] = float("nan") if grad_norm is None else float(grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        if not accelerator.sync_gradients:
+            raise RuntimeError("gradient accumulation and the step loop disagree")  # accumulate() syncs the last one
+
+        # 13. The EMA target network (and the export EMA).
+        with full_student_parameters(accelerator, student) as params:
+            update_target(target, params, args.ema_decay)
+            if export_ema is not None:
+                export_ema.step(params)
+        global_step += 1
+
+        seconds = time.perf_counter() - step_start
+        values = torch.tensor(
+            [step_logs[k] for k in ("loss", "loss_ctm", "loss_dsm", "lambda_dsm")] + [float(stream.skipped)],
+            device=device,
+            dtype=torch.float64,
+        )
+        values = accelerator.reduce(values, reduction="sum")
+        world = accelerator.num_processes
+        logs = {
+            "train/loss": values[0].item() / world,
+            "train/loss_ctm": values[1].item() / world,
+            "train/loss_dsm": values[2].item() / world,
+            "train/lambda_dsm": values[3].item() / world,
+            "train/grad_norm": step_logs["grad_norm"],
+            "train/heun_steps": step_logs["heun_steps"],
+            "train/lr": lr_scheduler.get_last_lr()[0],
+            "data/skipped_records": values[4].item(),
+            "data/epoch": stream.epoch,
+            "speed/samples_per_second": total_batch / seconds,
+            "speed/seconds_per_step": seconds,
+        }
+        logs.update({f"speed/{name}_s": value for name, value in timer.pop().items()})
+        accelerator.log(logs, step=global_step)
+        if accelerator.is_main_process:
+            logger.info(
+                f"step {global_step}: loss {logs['train/loss']:.4f} (ctm {logs['train/loss_ctm']:.4f}, dsm "
+                f"{logs['train/loss_dsm']:.4f}, λ {logs['train/lambda_dsm']:.3g}), k {int(logs['train/heun_steps'])}, "
+                f"{seconds:.2f} s"
+            )
+
+        if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
+            train_state = {
+                "global_step": global_step,
+                "num_processes": accelerator.num_processes,
+                "stream": stream.state_dict(),
+                "shared_generator": shared_generator.get_state(),
+                "generator": generator.get_state(),
+            }
+            save_checkpoint(accelerator, args, global_step, train_state)
+        if global_step % args.validation_steps == 0 and accelerator.is_main_process and args.report_to != "none":
+            log_validation(accelerator, args, pipe, target, scheduler, global_step)
+
+    # The EMA student as a SoundCTM pipeline folder (the export EMA when kept, else the target network).
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        transformer = target
+        if export_ema is not None:
+            transformer = copy.deepcopy(target)
+            export_ema.copy_to(transformer.parameters())
+        student_pipeline(pipe, transformer, scheduler).save_pretrained(args.output_dir)
+        logger.info(f"saved the student pipeline to {args.output_dir}")
+        if args.push_to_hub:
+            from huggingface_hub import create_repo, upload_folder
+
+            repo_id = create_repo(
+                repo_id=args.hub_model_id or Path(args.output_dir).name, exist_ok=True, token=args.hub_token
+            ).repo_id
+            upload_folder(
+                repo_id=repo_id,
+                folder_path=args.output_dir,
+                commit_message="SoundCTM student (distill/train.py)",
+                ignore_patterns=["checkpoint-*", f"{args.logging_dir}/*", "*.partial/*"],
+                token=args.hub_token,
+            )
+    accelerator.end_training()
+    return args.output_dir
+
+
+if __name__ == "__main__":
+    main(parse_args())
