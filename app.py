@@ -431,7 +431,8 @@ class SoundCTMApp:
                 prompt = gr.Textbox(label="Prompt", placeholder="a dog barks in the distance", scale=3, max_lines=3)
                 negative = gr.Textbox(label="Negative prompt (optional)", value="", placeholder="what to avoid, e.g. noise", scale=2, max_lines=3)
             with gr.Row(equal_height=True):
-                seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED, info=SEED_INFO, scale=2)
+                # No minimum/maximum here: the handlers check the seed and name it in their message.
+                seed = gr.Number(label="Seed", value=0, precision=0, info=SEED_INFO, scale=2)
                 random_seed = gr.Button("Random seed", scale=1, min_width=120)
                 duration = gr.Slider(duration_step, max_len, value=max_len, step=duration_step, label="Duration (s)", scale=3,
                                      info="Length of the clip (the model makes at most this much).")
