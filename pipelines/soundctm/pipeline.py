@@ -15,6 +15,7 @@ This file imports only torch, numpy, diffusers and transformers: diffusers' dyna
 into the folders and Hub repos that `save_pretrained` writes.
 """
 
+import glob
 import importlib.util
 import inspect
 import json
@@ -30,6 +31,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.pipelines.pipeline_utils import AudioPipelineOutput, DiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging
+from diffusers.utils.dynamic_modules_utils import get_relative_imports
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -466,6 +468,18 @@ class SoundCTMPipeline(DiffusionPipeline):
         return super().from_pretrained(path, **kwargs)
 
     @classmethod
+    def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs):
+        """
+        A pipeline of this class (e.g. a companion such as `SoundCTMAudioToAudioPipeline`) sharing `pipeline`'s
+        components. diffusers only carries over a model whose type the signature names, and ours are annotated
+        `ModelMixin`, so the VAE and transformer are passed on explicitly.
+        """
+        for name in ("vae", "transformer"):
+            if name in pipeline.components:
+                kwargs.setdefault(name, pipeline.components[name])
+        return super().from_pipe(pipeline, **kwargs)
+
+    @classmethod
     def _dict_from_json_file(cls, json_file):
         config = super()._dict_from_json_file(json_file)
         if _is_dynamic_class(cls) or not str(json_file).endswith("model_index.json"):
@@ -502,8 +516,21 @@ def write_code_files(pipe: DiffusionPipeline, folder: str | os.PathLike) -> list
     with open(index_path) as f:
         index = json.load(f)
     written = []
-    shutil.copyfile(inspect.getsourcefile(type(pipe)), os.path.join(folder, PIPELINE_CODE_FILE))
+    pipeline_source = inspect.getsourcefile(type(pipe))
+    shutil.copyfile(pipeline_source, os.path.join(folder, PIPELINE_CODE_FILE))
     written.append(PIPELINE_CODE_FILE)
+    # Companion pipelines (`pipeline_soundctm_*.py`, one subclass each) travel with every folder, so that
+    # `DiffusionPipeline.from_pretrained(folder, custom_pipeline="pipeline_soundctm_bwe", trust_remote_code=True)` works
+    # (diffusers prefers the folder's own file to a custom_pipeline path). The loader copies a pipeline file's relative
+    # imports (`from .pipeline import ...`) from beside it, so those come too.
+    source_dir = os.path.dirname(pipeline_source)
+    companions = sorted(glob.glob(os.path.join(source_dir, "pipeline_soundctm_*.py")))
+    siblings = {os.path.basename(path) for path in companions}
+    for path in [pipeline_source, *companions]:
+        siblings.update(f"{module}.py" for module in get_relative_imports(path))
+    for name in sorted(siblings):
+        shutil.copyfile(os.path.join(source_dir, name), os.path.join(folder, name))
+        written.append(name)
     index["_class_name"] = [PIPELINE_CODE_FILE[:-3], type(pipe).__name__]
     for name, component in pipe.components.items():
         if component is None:
