@@ -432,7 +432,7 @@ class SoundCTMApp:
                 negative = gr.Textbox(label="Negative prompt (optional)", value="", placeholder="what to avoid, e.g. noise", scale=2, max_lines=3)
             with gr.Row(equal_height=True):
                 # No minimum/maximum here: the handlers check the seed and name it in their message.
-                seed = gr.Number(label="Seed", value=0, precision=0, info=SEED_INFO, scale=2)
+                seed = gr.Number(label="Seed", value=0, precision=0, info=SEED_INFO, scale=2, elem_id="seed")
                 random_seed = gr.Button("Random seed", scale=1, min_width=120)
                 duration = gr.Slider(duration_step, max_len, value=max_len, step=duration_step, label="Duration (s)", scale=3,
                                      info="Length of the clip (the model makes at most this much).")
@@ -462,7 +462,7 @@ class SoundCTMApp:
                                 ]
                             compare_columns.append(col)
                     compare_settings = gr.Textbox(label="Settings of this result (copy to reproduce with the CLI)", lines=4,
-                                                  interactive=False, buttons=["copy"])
+                                                  interactive=False, buttons=["copy"], elem_id="compare-settings")
 
                 with gr.Tab("Drafts → refine"):
                     with gr.Row(equal_height=True):
@@ -490,7 +490,7 @@ class SoundCTMApp:
                             refined_time = gr.Markdown(label="Time, refined")
                         refined_image = gr.Image(label="Spectrogram", type="numpy", format="png", interactive=False, show_label=False)
                     refine_settings = gr.Textbox(label="Settings of this result (copy to reproduce with the CLI)", lines=4,
-                                                 interactive=False, buttons=["copy"])
+                                                 interactive=False, buttons=["copy"], elem_id="refine-settings")
 
             # ----------------------------------------------------------------------------------------- events
             random_seed.click(lambda: secrets.randbelow(MAX_SEED + 1), outputs=seed, api_visibility="private", queue=False)
@@ -537,7 +537,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        step_choices = tuple(int(s) for s in args.steps.split(",") if s.strip())
+        try:
+            step_choices = tuple(int(s) for s in args.steps.split(",") if s.strip())
+        except ValueError:
+            raise ValueError(f"--steps must be step counts separated by commas, such as 1,2,4,8,16; got {args.steps!r}") from None
         if args.concurrency < 1 or args.max_queue < 1:
             raise ValueError(f"--concurrency and --max-queue must be at least 1, got {args.concurrency} and {args.max_queue}")
         student, teacher = resolve_models(args.model, args.teacher, use_teacher=not args.no_teacher)

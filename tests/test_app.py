@@ -202,6 +202,8 @@ def test_bundled_model_is_the_default_and_its_absence_is_a_clear_message(app_mod
 def test_bad_command_line_values_are_refused_before_serving(app_module, models_dir, capsys):
     assert app_module.main(["--model", str(models_dir), "--steps", "1,0"]) == 2
     assert "step_choices must be step counts from 1 to 64" in capsys.readouterr().err
+    assert app_module.main(["--model", str(models_dir), "--steps", "1,two"]) == 2
+    assert "--steps must be step counts separated by commas" in capsys.readouterr().err
     assert app_module.main(["--model", str(models_dir), "--max-queue", "0"]) == 2
     assert "--max-queue must be at least 1" in capsys.readouterr().err
 
