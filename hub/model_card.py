@@ -1,0 +1,251 @@
+"""Model cards for SoundCTM pipeline folders, from `templates/model_card.md` with `huggingface_hub.ModelCard`.
+
+What a card states comes from two places:
+- the folder itself (configs and safetensors headers, nothing is loaded): student or teacher, text embedding,
+  sampling rate, channels, length, layer counts, parameter counts, weight variants;
+- `CardFacts`, what the folder cannot know: title, license of the weights, base model, datasets, a description of
+  the training data, the text encoder's origin and where the weights came from. Facts are arguments, or read back
+  from the `soundctm` entry of an existing card's metadata, so that the converted authors' models and students
+  from `distill/` get cards from the same template.
+
+    python -m hub.model_card FOLDER --title "My SoundCTM student" --base-model me/teacher --dataset me/sounds \\
+        --license cc-by-4.0 --training-data "my sound library" --repo-id me/soundctm-student
+"""
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+
+TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
+PAPER_AUTHORS = "Koichi Saito, Dongjun Kim, Takashi Shibuya, Chieh-Hsin Lai, Zhi Zhong, Yuhta Takida, Yuki Mitsufuji"
+PAPER_ARXIV = "2405.18503"
+DEFAULT_PROMPT = "a dog barks in the distance while rain falls on a roof"
+BUILTIN_TAGS = ("soundctm", "text-to-audio", "consistency-trajectory-model", "audio")
+STANDARD_FIELDS = ("license", "base_model", "datasets", "tags")
+TEXT_EMBEDDING_WORDS = {
+    "projected": "one L2-normalised token: the projected text embedding",
+    "pooled": "one L2-normalised token: the pooled text output (before the projection)",
+    "mean": "one L2-normalised token: the attention-masked mean of the last hidden states",
+}
+
+
+@dataclass
+class CardFacts:
+    """What a model card says that the pipeline folder cannot tell."""
+
+    title: str = "SoundCTM text-to-sound model"
+    license: str = "cc-by-4.0"
+    base_model: str | None = None
+    datasets: list[str] = field(default_factory=list)
+    training_data: str | None = None
+    text_encoder: str | None = None
+    origin: str | None = None
+    repo_id: str | None = None
+    prompt_language: str | None = "English"
+    tags: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_card(cls, path: str | Path) -> "CardFacts":
+        """The facts stored in the metadata of a card written by `write_model_card` (defaults for a card without)."""
+        data = ModelCard.load(path).data.to_dict()
+        stored = data.get("soundctm") or {}
+        known = {f.name for f in fields(cls)}
+        facts = cls(**{k: v for k, v in stored.items() if k in known})
+        facts.license = data.get("license", facts.license)
+        facts.base_model = data.get("base_model", facts.base_model)
+        facts.datasets = list(data.get("datasets") or facts.datasets)
+        facts.tags = [t for t in data.get("tags") or [] if t not in BUILTIN_TAGS]
+        return facts
+
+    def updated(self, **changes) -> "CardFacts":
+        """A copy with every change that is not None."""
+        return CardFacts(**{**asdict(self), **{k: v for k, v in changes.items() if v is not None}})
+
+
+def _read_json(path: Path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _parameter_count(folder: Path) -> int | None:
+    from safetensors import safe_open
+
+    files = [p for p in folder.glob("*.safetensors") if p.name.count(".") == 1]  # not the fp16/... variants
+    if not files:
+        return None
+    total = 0
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                shape = f.get_slice(key).get_shape()
+                count = 1
+                for n in shape:
+                    count *= n
+                total += count
+    return total
+
+
+def _count_words(count: int | None) -> str | None:
+    if count is None:
+        return None
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if count >= scale:
+            return f"{count / scale:.3g} {unit}"
+    return str(count)
+
+
+def describe_pipeline(folder: str | Path) -> dict:
+    """What a SoundCTM pipeline folder says about itself, read from its configs and safetensors headers."""
+    folder = Path(folder)
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        raise FileNotFoundError(f"{folder} is not a pipeline folder: no model_index.json")
+    index = _read_json(index_path)
+    class_name = index.get("_class_name")
+    class_name = class_name[-1] if isinstance(class_name, list) else class_name
+    if class_name != "SoundCTMPipeline":
+        raise ValueError(f"{index_path}: '_class_name' is {class_name!r}, not a SoundCTMPipeline folder")
+    for component in ("transformer", "vae", "text_encoder"):
+        if not (folder / component / "config.json").is_file():
+            raise FileNotFoundError(f"{folder}: missing {component}/config.json")
+    dit = _read_json(folder / "transformer" / "config.json")
+    vae = _read_json(folder / "vae" / "config.json")
+    text = _read_json(folder / "text_encoder" / "config.json")
+    hop = 1
+    for rate in vae.get("encoder_rates", [4, 4, 8, 8]):
+        hop *= int(rate)
+    rate = int(vae.get("sampling_rate", 44100))
+    channels = int(vae.get("audio_channels", 1))
+    variants = sorted({p.name.split(".")[-2] for p in folder.glob("*/*.safetensors") if p.name.count(".") == 2})
+    tokenizer_config = folder / "tokenizer" / "tokenizer_config.json"
+    max_tokens = _read_json(tokenizer_config).get("model_max_length") if tokenizer_config.is_file() else None
+    return dict(
+        is_student=bool(dit.get("is_student", True)),
+        text_embedding=index.get("text_embedding", "projected"),
+        text_encoder_class=(text.get("architectures") or [text.get("model_type", "?")])[0],
+        dit_layers=dit.get("num_layers"),
+        dit_width=dit.get("num_attention_heads", 0) * dit.get("attention_head_dim", 0),
+        cross_attention_dim=dit.get("cross_attention_dim"),
+        dit_params=_parameter_count(folder / "transformer"),
+        vae_params=_parameter_count(folder / "vae"),
+        latent_channels=vae.get("latent_dim"),
+        hop_length=hop,
+        sampling_rate=rate,
+        audio_channels=channels,
+        length_s=int(dit.get("sample_size", 432)) * hop / rate,
+        max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens < 10**6 else None,
+        variants=variants,
+    )
+
+
+def make_model_card(folder: str | Path, facts: CardFacts) -> ModelCard:
+    """The model card of a SoundCTM pipeline folder (a student or a teacher), from the template."""
+    info = describe_pipeline(folder)
+    kind = "CTM student" if info["is_student"] else "EDM teacher"
+    text_encoder = facts.text_encoder or info["text_encoder_class"]
+    text_encoder = f"{text_encoder}; {TEXT_EMBEDDING_WORDS.get(info['text_embedding'], info['text_embedding'])} ({info['cross_attention_dim']}-d)"
+    summary = (
+        f"A SoundCTM {kind} for text-to-sound generation (Saito et al., ICLR 2025): "
+        + (
+            "1-step drafts, and the same sound refined by N deterministic steps (γ = 0), from one network."
+            if info["is_student"]
+            else "the latent-diffusion teacher that SoundCTM students are distilled from, sampled with EDM Heun."
+        )
+    )
+    card_data = ModelCardData(
+        license=facts.license,
+        library_name="diffusers",
+        pipeline_tag="text-to-audio",
+        base_model=facts.base_model,
+        datasets=list(facts.datasets) or None,
+        tags=[*BUILTIN_TAGS, *(t for t in facts.tags if t not in BUILTIN_TAGS)],
+        # the facts that have no standard metadata field, so that `CardFacts.from_card` can read them back
+        soundctm={k: v for k, v in asdict(facts).items() if k not in STANDARD_FIELDS and v not in (None, [], "")},
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        title=facts.title,
+        summary=summary,
+        origin=facts.origin,
+        kind_long=kind,
+        is_student=info["is_student"],
+        dit_layers=info["dit_layers"],
+        dit_width=info["dit_width"],
+        dit_params=_count_words(info["dit_params"]),
+        vae_params=_count_words(info["vae_params"]),
+        latent_channels=info["latent_channels"],
+        hop_length=info["hop_length"],
+        text_encoder=text_encoder,
+        channels_word="Mono" if info["audio_channels"] == 1 else f"{info['audio_channels']}-channel",
+        sampling_rate_khz=f"{info['sampling_rate'] / 1000:g}",
+        length_s=f"{info['length_s']:.3g}",
+        training_data=facts.training_data or "not stated",
+        variants=", ".join(["fp32"] + info["variants"]) if info["variants"] else None,
+        model_path=facts.repo_id or "path/to/this/folder",
+        prompt=DEFAULT_PROMPT,
+        max_tokens=info["max_tokens"] or "the tokenizer's maximum",
+        prompt_language=facts.prompt_language,
+        paper_authors=PAPER_AUTHORS,
+    )
+
+
+def write_model_card(folder: str | Path, facts: CardFacts, path: str | Path | None = None) -> Path:
+    """Writes the card as `folder/README.md` (or `path`)."""
+    path = Path(path) if path is not None else Path(folder) / "README.md"
+    make_model_card(folder, facts).save(path)
+    return path
+
+
+def add_card_arguments(parser: argparse.ArgumentParser, repo_id: bool = True) -> None:
+    group = parser.add_argument_group("model card facts (default: the folder's existing card, if any)")
+    group.add_argument("--title", default=None, help="card title")
+    group.add_argument("--license", default=None, help="license of the weights (default cc-by-4.0)")
+    group.add_argument("--base-model", default=None, help="Hub id of the model this one comes from (teacher, original)")
+    group.add_argument("--dataset", dest="datasets", action="append", default=None, help="dataset name or Hub id (repeatable)")
+    group.add_argument("--training-data", default=None, help="what the model was trained/distilled on, in words")
+    group.add_argument("--text-encoder", default=None, help="the text encoder, in words (default: its class name)")
+    group.add_argument("--origin", default=None, help="a sentence on where the weights come from")
+    if repo_id:
+        group.add_argument("--repo-id", default=None, help="Hub id used in the card's usage snippet")
+
+
+def facts_from_args(folder: str | Path, args: argparse.Namespace) -> CardFacts:
+    """The folder's stored facts (from its README.md, if it has one), updated with the command-line arguments."""
+    readme = Path(folder) / "README.md"
+    facts = CardFacts.from_card(readme) if readme.is_file() else CardFacts()
+    return facts.updated(
+        title=args.title,
+        license=args.license,
+        base_model=args.base_model,
+        datasets=args.datasets,
+        training_data=args.training_data,
+        text_encoder=args.text_encoder,
+        origin=args.origin,
+        repo_id=getattr(args, "repo_id", None),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m hub.model_card", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("folder", help="a SoundCTM pipeline folder")
+    parser.add_argument("-o", "--output", default=None, help="where to write the card (default FOLDER/README.md)")
+    add_card_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        path = write_model_card(args.folder, facts_from_args(args.folder, args), args.output)
+    except (ValueError, OSError) as err:
+        print(f"hub.model_card: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
