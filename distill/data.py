@@ -228,6 +228,7 @@ class AudioCaptionStream:
         self._block = None
         self._iterator = None
         self._next_block_start = None
+        self._warned = set()
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -292,7 +293,12 @@ class AudioCaptionStream:
                 example = self._decode(record, rng)
             except Exception as error:  # any unreadable record is skipped, whatever the decoder raised
                 self.skipped += 1
-                logger.warning("skipping a record that could not be decoded (%s): %s", _describe(record, self.audio_column), error)
+                name = _describe(record, self.audio_column)
+                # Warn once per record; later passes over it only add to the count (logged as data/skipped_records).
+                level = logging.DEBUG if name in self._warned else logging.WARNING
+                if len(self._warned) < 10000:
+                    self._warned.add(name)
+                logger.log(level, "skipping a record that could not be decoded (%s): %s", name, error)
                 continue
             self._decoded_in_epoch += 1
             return example

@@ -664,8 +664,8 @@ def make_student(teacher_transformer: SoundCTMDiTModel, sample_size: int) -> Sou
 # ================================================================================================ latent statistics
 @torch.no_grad()
 def compute_latent_stats(accelerator, args, pipe, dataset, base_dir, num_samples) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of the VAE's posterior samples over about `latent_stats_samples` records, all
-    processes together (each reads its own part of the stream)."""
+    """Per-channel mean and standard deviation of the VAE's posterior means over `latent_stats_samples` records (the
+    first ones of a fresh pass; every process reads its own part), for `standardize`."""
     vae, device = pipe.vae, accelerator.device
     stream = AudioCaptionStream(
         dataset,
@@ -679,20 +679,19 @@ def compute_latent_stats(accelerator, args, pipe, dataset, base_dir, num_samples
         base_dir=base_dir,
         random_crop=args.random_crop,
     )
-    generator = torch.Generator().manual_seed(args.seed + 1 + accelerator.process_index)
     per_process = math.ceil(args.latent_stats_samples / accelerator.num_processes)
     sums = torch.zeros(3, vae.config.latent_dim, dtype=torch.float64, device=device)
     done = 0
     while done < per_process:
         audio, _ = stream.next_batch(min(args.train_batch_size, per_process - done))
-        posterior = vae.encode(audio.to(device, vae.dtype)).latent_dist
-        z = (posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(device)).double()
+        z = vae.encode(audio.to(device, vae.dtype)).latent_dist.mean.double()
         sums += torch.stack([torch.full_like(z[0, :, 0], z.shape[0] * z.shape[2]), z.sum((0, 2)), (z * z).sum((0, 2))])
         done += audio.shape[0]
-    sums = accelerator.reduce(sums, reduction="sum")
-    count, total, total_sq = sums
+    count, total, total_sq = accelerator.reduce(sums, reduction="sum")
     mean = total / count
-    std = (total_sq / count - mean**2).clamp(min=1e-12).sqrt()
+    std = (total_sq / count - mean**2).clamp(min=1e-24).sqrt()
+    if bool((std < 1e-3 * std.max()).any()):
+        logger.warning(f"some latent channels barely vary (std {std.tolist()}): standardising will amplify them")
     return mean.tolist(), std.tolist()
 
 
