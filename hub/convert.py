@@ -16,7 +16,9 @@ The input pickles are read with torch.load(weights_only=True); a file that needs
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -119,6 +121,16 @@ def variant_card_facts(variant: str) -> CardFacts:
     )
 
 
+def write_fp16_weights(pipe: SoundCTMPipeline, folder: Path) -> None:
+    """Adds the diffusers `variant="fp16"` weight files. Only the weights: a second save would also rewrite the configs
+    (transformers records `dtype: float16` in config.json, which would make the default load half precision).
+    Leaves `pipe` in half precision."""
+    with tempfile.TemporaryDirectory(dir=folder.parent) as half:
+        pipe.to(torch.float16).save_pretrained(half, variant="fp16")
+        for path in Path(half).glob("*/*.fp16.safetensors"):
+            shutil.move(path, folder / path.relative_to(half))
+
+
 def convert(output: str | Path, variant: str, fp16: bool = False, overwrite: bool = False, repo_id: str | None = None, **kwargs) -> Path:
     """Converts and writes the pipeline folder `output` all at once (nothing is left behind on failure)."""
     log = kwargs.get("log", print)
@@ -127,7 +139,7 @@ def convert(output: str | Path, variant: str, fp16: bool = False, overwrite: boo
         log(f"writing {output}")
         pipe.save_pretrained(tmp)
         if fp16:
-            pipe.to(torch.float16).save_pretrained(tmp, variant="fp16")
+            write_fp16_weights(pipe, tmp)
         facts = variant_card_facts(variant).updated(repo_id=repo_id or str(output))
         write_model_card(tmp, facts)
     for path, size in list_files(output):

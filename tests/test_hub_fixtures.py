@@ -99,7 +99,8 @@ def write_authors_files(root: Path, variant: str = "ac_v2", seed: int = 0) -> di
     clap = laion_clap_state_dict(vocab, seed)
     cfg = dit_config(variant)
     model = tiny_transformer(cfg["cond_token_dim"], seed=seed)
-    dit = authors_state_dict(model, teacher=False, seed=seed)
+    # unit-variance random weights overflow half precision after a few layers: scale them to trained-network sizes
+    dit = {k: v if "inv_freq" in k else 0.2 * v for k, v in authors_state_dict(model, teacher=False, seed=seed).items()}
     sa_edm = {f"dit.{k}": v for k, v in dit.items()}
     sa_edm.update({f"text_encoder.model.{k}": v.clone() for k, v in clap.items()})
     torch.save(sa_edm, ckpt_dir / VARIANT_FILES[variant])
