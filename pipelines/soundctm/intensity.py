@@ -167,13 +167,15 @@ def target_curve(
     The target y_condition in dB per frame, `(num_frames,)` float32.
 
     Args:
-        curve: a preset name (`INTENSITY_PRESETS`), or at least 2 finite dB values spread evenly from the start to
-            the end of the clip (linearly interpolated to the frame rate).
+        curve: a preset name (`INTENSITY_PRESETS`), or at least 2 finite dB values (a sequence, or text such as
+            "-40,-10,-40") spread evenly from the start to the end of the clip (linearly interpolated to the frame rate).
         num_frames: frames of the clip (`IntensityFeature.num_frames(samples)`).
         range_db: (low, high) dB that a preset spans; ignored for user values.
     """
     if isinstance(curve, str):
-        return torch.from_numpy(preset_curve(curve.strip().lower(), num_frames, range_db)).float()
+        curve = parse_curve(curve)
+    if isinstance(curve, str):
+        return torch.from_numpy(preset_curve(curve, num_frames, range_db)).float()
     values = parse_db_values(curve)
     knots = np.linspace(0.0, 1.0, len(values))
     return torch.from_numpy(np.interp(np.linspace(0.0, 1.0, num_frames), knots, values)).float()

@@ -105,7 +105,7 @@ class SoundCTMAudioToAudioPipeline(soundctm_pipeline.SoundCTMPipeline):
             # The base loop multiplies its unit latents by init_noise_sigma = σ_start: hand it z/σ_start.
             latents = (clean + sigma_start * noise) / sigma_start
             # A scheduler whose grid starts at σ_start: set_timesteps(N, sigma_max=σ_start) with the base loop's call.
-            self.scheduler = type(scheduler).from_config({**scheduler.config, "sigma_max": sigma_start})
+            self.scheduler = type(scheduler).from_config(scheduler.config, sigma_max=sigma_start)
         else:
             latents = noise
         try:
