@@ -20,9 +20,10 @@ Every reader here uses `torch.load(weights_only=True)`; see `load_pickle` for wh
 """
 
 import pickle
+import pickletools
 import re
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,26 +69,21 @@ TOKENIZER_MAX_LENGTH = 77  # the authors pad/truncate CLAP prompts to 77 tokens
 
 @dataclass(frozen=True)
 class Variant:
-    """One released model. `checkpoint` is the file name in `CHECKPOINT_DIR`, or a glob when the name is not known."""
+    """One released model. `checkpoints`: its file name in `CHECKPOINT_DIR`, or globs when the name is not known."""
 
     name: str
-    checkpoint: str
+    checkpoints: tuple[str, ...]
     dit_config: dict
     text_embedding: str
     datasets: tuple[str, ...]
     training_data: str
     notes: str = ""
-    checkpoint_globs: tuple[str, ...] = field(default=())
-
-    @property
-    def patterns(self) -> tuple[str, ...]:
-        return self.checkpoint_globs or (self.checkpoint,)
 
 
 VARIANTS = {
     "ac_v1_iclr": Variant(
         name="ac_v1_iclr",
-        checkpoint="ac_v1_iclr_ema_0999_010446.pt",
+        checkpoints=("ac_v1_iclr_ema_0999_010446.pt",),
         dit_config=DIT_V1,
         text_embedding="projected",
         datasets=("AudioCaps",),
@@ -96,7 +92,7 @@ VARIANTS = {
     ),
     "ac_v2": Variant(
         name="ac_v2",
-        checkpoint="ac_v2_ema_0999_030000.pt",
+        checkpoints=("ac_v2_ema_0999_030000.pt",),
         dit_config=DIT_V2,
         text_embedding="pooled",
         datasets=("AudioCaps",),
@@ -105,10 +101,9 @@ VARIANTS = {
     ),
     "as_ac_v2": Variant(
         name="as_ac_v2",
-        # The authors' demo spells this variant `ac_as_v2`; its file name is not in their code, so it is found by
-        # pattern among the repo's files.
-        checkpoint="as_ac_v2_ema_*.pt",
-        checkpoint_globs=("as_ac_v2_ema_*.pt", "ac_as_v2_ema_*.pt"),
+        # The authors' demo spells this variant `ac_as_v2`, and their download code has no file name for it (it
+        # fetches the ac_v2 files for any "v2"): the checkpoint is found by pattern, under either spelling.
+        checkpoints=("as_ac_v2_ema_*.pt", "ac_as_v2_ema_*.pt"),
         dit_config=DIT_V2,
         text_embedding="pooled",
         datasets=("AudioSet", "AudioCaps"),
@@ -137,7 +132,7 @@ def _search_patterns(variant: Variant) -> dict[str, tuple[str, str, tuple[str, .
     """field -> (what, command-line flag, glob patterns tried in order below the source folder): the Hub layout first,
     then the file anywhere below (the authors' demo keeps them in ckpt/models and ckpt/utils)."""
     return {
-        "checkpoint": ("SoundCTM checkpoint", "--checkpoint", tuple(f"{CHECKPOINT_DIR}/{p}" for p in variant.patterns) + tuple(f"**/{p}" for p in variant.patterns)),
+        "checkpoint": ("SoundCTM checkpoint", "--checkpoint", tuple(f"{CHECKPOINT_DIR}/{p}" for p in variant.checkpoints) + tuple(f"**/{p}" for p in variant.checkpoints)),
         "z_stats": ("latent statistics", "--z-stats", (Z_STATS_FILE, "**/z_stats.pth")),
         "vae_weights": ("VAE weights", "--vae-weights", (VAE_FILE, "**/gaussiandac/weights.pth", "**/weights.pth")),
         "clap": ("CLAP checkpoint", "--clap-checkpoint", (CLAP_FILE, "**/630k-audioset-best.pt")),
@@ -173,15 +168,15 @@ def hub_reachable(timeout: float = 5.0) -> bool:
 def download_authors_files(repo_id: str, variant: Variant, revision: str | None = None) -> Path:
     """The variant's four files from the authors' Hub repo (from the local cache when the Hub cannot be reached).
     Returns the snapshot folder, laid out as the repo."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    patterns = [f"{CHECKPOINT_DIR}/{p}" for p in variant.patterns] + [Z_STATS_FILE, VAE_FILE, CLAP_FILE]
+    patterns = [f"{CHECKPOINT_DIR}/{p}" for p in variant.checkpoints] + [Z_STATS_FILE, VAE_FILE, CLAP_FILE]
     online = hub_reachable()
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=not online))
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as err:
-        reason = "HF_HUB_OFFLINE is set" if not online and _offline_mode() else "the Hub cannot be reached"
+        reason = "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else "the Hub cannot be reached"
         raise ConnectionError(
             f"cannot download the {variant.name} files from {repo_id}: {reason} and they are not in the local cache "
             f"({type(err).__name__}). Download them where there is a network (`hf download {repo_id} --local-dir DIR`) "
@@ -189,12 +184,6 @@ def download_authors_files(repo_id: str, variant: Variant, revision: str | None 
         ) from None
     except HfHubHTTPError as err:
         raise ConnectionError(f"cannot download the {variant.name} files from {repo_id}: {err}") from None
-
-
-def _offline_mode() -> bool:
-    from huggingface_hub import constants
-
-    return constants.is_offline_mode()
 
 
 def resolve_source_files(source: str, variant: Variant, revision: str | None = None, **overrides) -> SourceFiles:
@@ -229,6 +218,16 @@ _NUMPY_GLOBALS = [np.dtype, np.ndarray] + [
 ] + [type(np.dtype(t)) for t in ("f2", "f4", "f8", "i4", "i8", "u1", "b1")]
 
 
+def _unpickling_cause(message: str) -> str:
+    """The line of torch's weights-only error that says what was refused, with pickle opcodes named."""
+    cause = next((line.strip() for line in message.splitlines() if "Unsupported" in line), message.splitlines()[0])
+    opcode = re.search(r"Unsupported operand (\d+)", cause)
+    if opcode and chr(int(opcode.group(1))) in pickletools.code2op:
+        op = pickletools.code2op[chr(int(opcode.group(1)))]
+        cause = f"pickle opcode {op.name} of pickle protocol {op.proto}, which the weights-only unpickler does not read"
+    return cause
+
+
 def load_pickle(path: str | Path, what: str, trust_pickles: bool = False):
     """
     Reads a PyTorch pickle with `torch.load(weights_only=True)` (tensors, containers, numbers and strings, numpy
@@ -247,7 +246,7 @@ def load_pickle(path: str | Path, what: str, trust_pickles: bool = False):
     except pickle.UnpicklingError as err:
         if trust_pickles:
             return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
-        cause = next((line.strip() for line in str(err).splitlines() if "Unsupported" in line), str(err).splitlines()[0])
+        cause = _unpickling_cause(str(err))
         raise ValueError(
             f"{path}: {what} cannot be read with torch.load(weights_only=True) ({cause}). If the file comes from a "
             "source you trust (e.g. the authors' Hugging Face repo), rerun with --trust-pickles."

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from transformers import ClapTextConfig
 
 from soundctm import CTMScheduler, SoundCTMPipeline
 
@@ -71,6 +72,8 @@ def build_pipeline(
     files = resolve_source_files(
         source, spec, revision, checkpoint=checkpoint, z_stats=z_stats, vae_weights=vae_weights, clap=clap_checkpoint
     )
+    # the tokenizer first: a missing one fails before gigabytes of checkpoints are read
+    clap_tokenizer = load_clap_tokenizer(tokenizer, ClapTextConfig(**(text_config or ROBERTA_BASE_TEXT_CONFIG)))
     log(f"reading {files.checkpoint}")
     dit = convert_dit(files.checkpoint, dit_config or spec.dit_config, sample_size, trust_pickles)
     log(f"  DiT: {dit.converted_keys} tensors converted, {len(dit.dropped_keys)} dropped (CLAP copy and constants)")
@@ -96,7 +99,7 @@ def build_pipeline(
     return SoundCTMPipeline(
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=load_clap_tokenizer(tokenizer, text_encoder.config),
+        tokenizer=clap_tokenizer,
         transformer=dit.model,
         scheduler=CTMScheduler(),  # the authors' sampler: σ 0.002..80, σ_d 0.5, ρ 7, γ 0
         text_embedding=spec.text_embedding,

@@ -149,6 +149,19 @@ def test_converted_pipeline_loads_three_ways_and_generates_the_same_sound(conver
     assert "OK diffusers_modules" in result.stdout
 
 
+def test_soundctm_generate_writes_a_wav_with_a_converted_folder(converted, tmp_path, capsys):  # noqa: F811
+    """The README's second command: `soundctm generate PROMPT --model <converted folder>`."""
+    import soundfile as sf
+
+    from soundctm.cli import main as soundctm_main
+
+    out = tmp_path / "dog.wav"
+    assert soundctm_main(["generate", "a dog barks", "--model", str(converted["ac_v2"]), "--steps", "1", "--seed", "0",
+                          "-o", str(out), "-q"]) == 0
+    audio, rate = sf.read(out)
+    assert rate == 44100 and audio.shape == (SAMPLE_SIZE * 8,) and np.abs(audio).max() > 0
+
+
 # ---------------------------------------------------------------------------------------------------- bad input
 @pytest.fixture
 def files_copy(authors_files, tmp_path):  # noqa: F811
@@ -226,6 +239,15 @@ def test_unknown_key_and_shape_mismatch_name_the_file_and_the_key(files_copy, ca
     assert f"{ckpt}: the DiT attends to 32-d text tokens, but the 'projected' CLAP embedding of variant ac_v1_iclr is 16-d" in err
 
 
+def test_a_checkpoint_whose_clap_copy_differs_from_the_clap_file_is_reported(files_copy, capsys, tmp_path):
+    ckpt = files_copy["root"] / CKPT
+    sd = torch.load(ckpt, weights_only=True)
+    sd["text_encoder.model.text_projection.0.weight"] = sd["text_encoder.model.text_projection.0.weight"] + 0.5
+    torch.save(sd, ckpt)
+    assert convert_main(convert_args(files_copy, "ac_v2", tmp_path / "out")) == 0
+    assert "warning: the CLAP copy inside ac_v2_ema_0999_030000.pt differs from 630k-audioset-best.pt (max |diff| 0.5)" in capsys.readouterr().out
+
+
 def test_pickles_that_need_code_are_refused_unless_trusted(files_copy, capsys, tmp_path):
     import argparse
 
@@ -239,6 +261,15 @@ def test_pickles_that_need_code_are_refused_unless_trusted(files_copy, capsys, t
     output = tmp_path / "trusted"
     assert convert_main(convert_args(files_copy, "ac_v2", output) + ["--trust-pickles"]) == 0
     assert (output / "model_index.json").is_file()
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4")
+def test_pickle_protocol_4_is_refused_by_name(tmp_path):
+    path = tmp_path / "630k-audioset-best.pt"
+    torch.save({"state_dict": {"module.logit_scale_t": torch.ones(())}}, path, pickle_protocol=4)
+    with pytest.raises(ValueError, match=r"pickle opcode FRAME of pickle protocol 4, which the weights-only unpickler does not read"):
+        load_pickle(path, "CLAP checkpoint")
+    assert load_pickle(path, "CLAP checkpoint", trust_pickles=True)["state_dict"]["module.logit_scale_t"] == 1
 
 
 def test_numpy_scalars_in_a_training_checkpoint_load_without_trusting_it(authors_files):  # noqa: F811

@@ -104,6 +104,17 @@ def test_student_card_takes_its_facts_from_arguments_and_reads_them_back(student
     assert CardFacts.from_card(tmp_path / "README.md") == STUDENT_FACTS
 
 
+def test_model_card_command_writes_the_card_of_a_folder(student_folder, tmp_path):
+    from hub.model_card import main as card_main
+
+    out = tmp_path / "README.md"
+    assert card_main([str(student_folder), "-o", str(out), "--title", "Tiny", "--base-model", "someone/teacher",
+                      "--dataset", "someone/sounds", "--license", "mit", "--repo-id", "someone/tiny"]) == 0
+    card = ModelCard.load(out)
+    assert card.data.base_model == "someone/teacher" and card.data.datasets == ["someone/sounds"] and "# Tiny" in card.text
+    assert card_main([str(tmp_path), "-o", str(tmp_path / "x.md")]) == 2  # not a pipeline folder
+
+
 def test_teacher_card_recommends_heun_sampling(tmp_path):
     tiny_pipeline(student=False).save_pretrained(tmp_path)
     assert not describe_pipeline(tmp_path)["is_student"]
