@@ -14,6 +14,7 @@ comes from --token, $HF_TOKEN or `hf auth login`.
 """
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -32,18 +33,21 @@ SPACE_MODEL_VARIABLE = "SOUNDCTM_MODEL"  # read by app.py (soundctm.cli.ENV_MODE
 
 
 def _files_to_copy(folder: Path) -> list[Path]:
-    """The folder's files that belong in the repo: not its code files (re-written from the installed package), its
-    card (re-generated), caches or hidden files; pickled weights are refused."""
-    out = []
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if not path.is_file() or any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
-            continue
-        if path.suffix in PICKLE_SUFFIXES:
-            raise ValueError(f"{path}: pickled weights cannot be published; save the pipeline with safetensors")
-        if path.suffix == ".py" or rel.as_posix() == "README.md":
-            continue
-        out.append(rel)
+    """What belongs in the repo: model_index.json and the component folders it names. Not the code files (re-written
+    from the installed package), the card (re-generated), nor anything else beside the pipeline (a training run's
+    `checkpoint-*` states, logs). Pickled weights in a component are refused."""
+    with open(folder / "model_index.json") as f:
+        components = [name for name, entry in json.load(f).items() if isinstance(entry, list) and not name.startswith("_")]
+    out = [Path("model_index.json")]
+    for name in components:
+        for path in sorted((folder / name).rglob("*")):
+            rel = path.relative_to(folder)
+            if not path.is_file() or any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
+                continue
+            if path.suffix in PICKLE_SUFFIXES:
+                raise ValueError(f"{path}: pickled weights cannot be published; save the pipeline with safetensors")
+            if path.suffix != ".py":
+                out.append(rel)
     return out
 
 

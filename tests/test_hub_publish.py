@@ -37,9 +37,14 @@ STUDENT_FACTS = CardFacts(
 
 @pytest.fixture(scope="module")
 def student_folder(tmp_path_factory):
-    """A student as distill/ writes one (SoundCTMPipeline.save_pretrained), with a sentence-encoder text model."""
+    """A student as distill/train.py leaves one: SoundCTMPipeline.save_pretrained in its output folder, beside the
+    accelerate training states and logs (which are not part of the model)."""
     folder = tmp_path_factory.mktemp("student") / "student"
     tiny_pipeline(student=True, text_embedding="mean").save_pretrained(folder)
+    (folder / "checkpoint-100").mkdir()
+    torch.save({"step": 100}, folder / "checkpoint-100" / "optimizer.bin")
+    (folder / "logs").mkdir()
+    (folder / "logs" / "events.out.tfevents").write_bytes(b"\0")
     return folder
 
 
@@ -130,6 +135,7 @@ def test_dry_run_lists_every_exported_file_and_takes_card_facts_from_the_command
     assert code == 0
     listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
     assert listed == {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert not [p for p in listed if p.startswith(("checkpoint-", "logs/"))], "training states are not part of the repo"
     card = ModelCard.load(out / "README.md")
     assert card.data.base_model == "someone/tiny-soundctm-teacher" and card.data.license == "mit"
     assert 'from_pretrained("someone/tiny-soundctm-student"' in card.text
