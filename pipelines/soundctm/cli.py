@@ -2,6 +2,12 @@
 
     soundctm generate "a dog barks" --steps 1 --seed 0 -o dog.wav
     soundctm generate "a dog barks" --steps 16 --nu 5 --seed 0 -o dog_refined.wav --model path/or/hub-id
+
+Control and editing:
+
+    soundctm generate "rain falls on a roof" --intensity-curve swell -o swell.wav        (loudness curve, 16 steps)
+    soundctm generate "a dog barks" --init-audio dog.wav --strength 0.5 -o dog_edit.wav  (audio-to-audio)
+    soundctm generate --bandwidth-extend phone.wav --cutoff 3000 -o full_band.wav       (bandwidth extension)
 """
 
 import argparse
@@ -61,6 +67,60 @@ def _output_paths(output: str, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}_{i}{out.suffix or '.wav'}") for i in range(count)]
 
 
+def read_audio(path: str | os.PathLike, flag: str):
+    """A sound file as ((channels, samples) float32, sampling rate); the pipelines mix to mono and resample."""
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as err:  # soundfile raises its own error types for missing, empty or corrupt files
+        raise ValueError(f"{flag}: cannot read {path}: {err}") from None
+    return data.T, rate
+
+
+def _control(pipe, args, generator):
+    """Runs the editing or control pipeline the flags ask for; returns (audios, a line to report, jumps taken)."""
+    chosen = [flag for flag, value in (("--intensity-curve", args.intensity_curve), ("--init-audio", args.init_audio),
+                                      ("--bandwidth-extend", args.bandwidth_extend)) if value is not None]  # fmt: skip
+    if len(chosen) > 1:
+        raise ValueError(f"use one of {', '.join(chosen)} at a time")
+    common = dict(guidance_scale=args.guidance_scale, nu=args.nu, gamma=args.gamma, generator=generator)
+    if args.bandwidth_extend is not None:
+        from .pipeline_soundctm_bwe import SoundCTMBandwidthExtensionPipeline
+
+        audio, rate = read_audio(args.bandwidth_extend, "--bandwidth-extend")
+        pipe = SoundCTMBandwidthExtensionPipeline.from_pipe(pipe)
+        audios = pipe(audio[None].repeat(len(generator), axis=0), sampling_rate=rate, prompt=args.prompt,
+                      cutoff_hz=args.cutoff, num_inference_steps=args.steps or 4, negative_prompt=args.negative_prompt,
+                      **common).audios  # fmt: skip
+        return audios, f"bandwidth extended above {args.cutoff:g} Hz", args.steps or 4
+    if args.prompt is None:
+        raise ValueError("a prompt is required (only --bandwidth-extend works without one)")
+    common.update(negative_prompt=args.negative_prompt, num_waveforms_per_prompt=len(generator))
+    if args.init_audio is not None:
+        from .pipeline_soundctm_audio2audio import SoundCTMAudioToAudioPipeline
+
+        audio, rate = read_audio(args.init_audio, "--init-audio")
+        pipe = SoundCTMAudioToAudioPipeline.from_pipe(pipe)
+        audios = pipe(args.prompt, audio=audio, sampling_rate=rate, strength=args.strength,
+                      num_inference_steps=args.steps, **common).audios  # fmt: skip
+        return audios, f"refined {args.init_audio} at strength {args.strength:g}", args.steps or pipe.default_num_inference_steps
+    import torch
+
+    from .intensity import intensity_loss, parse_curve
+    from .pipeline_soundctm_guidance import SoundCTMGuidancePipeline
+
+    curve = parse_curve(args.intensity_curve)
+    pipe = SoundCTMGuidancePipeline.from_pipe(pipe)
+    ditto2 = args.intensity_method == "ditto2"
+    audios = pipe(args.prompt, num_inference_steps=args.steps or 16, audio_length_in_s=args.duration,
+                  intensity_curve=curve, intensity_range_db=tuple(args.intensity_range), rho=0.0 if ditto2 else args.rho,
+                  noise_optimization_steps=args.ditto_iterations if ditto2 else 0, **common).audios  # fmt: skip
+    loss = intensity_loss(curve, audios.shape[-1], pipe.sampling_rate, tuple(args.intensity_range))
+    mse = loss(torch.from_numpy(audios)).tolist()
+    return audios, f"intensity {args.intensity_method}: curve MSE {', '.join(f'{m:.1f}' for m in mse)} dB²", args.steps or 16
+
+
 def cmd_generate(args) -> int:
     import torch
 
@@ -70,25 +130,32 @@ def cmd_generate(args) -> int:
     count = args.num_waveforms
     generator = [torch.Generator(device).manual_seed(args.seed + i) for i in range(count)]
     start = time.perf_counter()
-    audios = pipe(
-        args.prompt,
-        negative_prompt=args.negative_prompt,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        nu=args.nu,
-        gamma=args.gamma,
-        audio_length_in_s=args.duration,
-        num_waveforms_per_prompt=count,
-        generator=generator,
-    ).audios
+    report, steps = None, args.steps or pipe.default_num_inference_steps
+    if args.intensity_curve is None and args.init_audio is None and args.bandwidth_extend is None:
+        if args.prompt is None:
+            raise ValueError("a prompt is required (only --bandwidth-extend works without one)")
+        audios = pipe(
+            args.prompt,
+            negative_prompt=args.negative_prompt,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            nu=args.nu,
+            gamma=args.gamma,
+            audio_length_in_s=args.duration,
+            num_waveforms_per_prompt=count,
+            generator=generator,
+        ).audios
+    else:
+        audios, report, steps = _control(pipe, args, generator)
     elapsed = time.perf_counter() - start
     for path, audio in zip(_output_paths(args.output, count), audios):
         write_wav(path, audio, pipe.sampling_rate)
         if not args.quiet:
             print(f"wrote {path} ({audio.shape[-1] / pipe.sampling_rate:.2f} s at {pipe.sampling_rate} Hz)")
     if not args.quiet:
+        if report:
+            print(report)
         kind = "student" if pipe.is_student else "teacher"
-        steps = args.steps or pipe.default_num_inference_steps
         print(f"{kind}, {steps} step(s), seed {args.seed}: {elapsed:.2f} s")
     return 0
 
@@ -97,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="soundctm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate a WAV file from a text prompt")
-    gen.add_argument("prompt", help="what the sound should be")
+    gen.add_argument("prompt", nargs="?", default=None, help="what the sound should be (optional with --bandwidth-extend)")
     gen.add_argument("-o", "--output", default="soundctm.wav", help="output WAV path (default: soundctm.wav)")
     gen.add_argument(
         "--model",
@@ -118,6 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     gen.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="model dtype (default fp32)")
     gen.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    ctl = gen.add_argument_group("control and editing (one at a time)")
+    ctl.add_argument(
+        "--intensity-curve", default=None, metavar="CURVE",
+        help="target loudness: flat, rising, falling, swell, dip, pulses, steps, or dB values as --intensity-curve=-40,-10,-40",
+    )  # fmt: skip
+    ctl.add_argument("--intensity-range", type=float, nargs=2, default=[-40.0, -15.0], metavar=("LOW", "HIGH"),
+                     help="dB full scale that a preset curve spans (default -40 -15)")  # fmt: skip
+    ctl.add_argument("--intensity-method", choices=["guidance", "ditto2"], default="guidance",
+                     help="loss-based guidance at every step (Alg. 3, default) or DITTO-2 noise optimisation")  # fmt: skip
+    ctl.add_argument("--rho", type=float, default=0.1, help="loss-guidance step size ρ (default 0.1)")
+    ctl.add_argument("--ditto-iterations", type=int, default=70, help="DITTO-2: Adam iterations on the initial noise (default 70)")
+    ctl.add_argument("--init-audio", default=None, metavar="WAV", help="refine this sound toward the prompt (audio-to-audio)")
+    ctl.add_argument("--strength", type=float, default=0.5, help="audio-to-audio: noise level in (0, 1]; 1 = text-to-audio (default 0.5)")
+    ctl.add_argument("--bandwidth-extend", default=None, metavar="WAV", help="extend this low-passed recording to full band")
+    ctl.add_argument("--cutoff", type=float, default=3000.0, help="bandwidth extension: observed band's upper edge in Hz (default 3000)")
     gen.set_defaults(func=cmd_generate)
     return parser
 
