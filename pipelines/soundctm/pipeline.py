@@ -523,8 +523,9 @@ def write_code_files(pipe: DiffusionPipeline, folder: str | os.PathLike) -> list
     # `DiffusionPipeline.from_pretrained(folder, custom_pipeline="pipeline_soundctm_bwe", trust_remote_code=True)` works
     # (diffusers prefers the folder's own file to a custom_pipeline path). The loader copies a pipeline file's relative
     # imports (`from .pipeline import ...`) from beside it, so those come too.
+    # (Not for code loaded from a folder: diffusers' module cache beside it may hold other folders' files.)
     source_dir = os.path.dirname(pipeline_source)
-    companions = sorted(glob.glob(os.path.join(source_dir, "pipeline_soundctm_*.py")))
+    companions = [] if _is_dynamic_class(type(pipe)) else sorted(glob.glob(os.path.join(source_dir, "pipeline_soundctm_*.py")))
     siblings = {os.path.basename(path) for path in companions}
     for path in [pipeline_source, *companions]:
         siblings.update(f"{module}.py" for module in get_relative_imports(path))
