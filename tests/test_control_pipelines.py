@@ -174,11 +174,12 @@ def test_bandwidth_extension_rejects_bad_input_by_name(student):
         (dict(cutoff_hz=3000.0, sampling_rate=4000), "cutoff_hz.*2000"),  # above the input's own Nyquist
         (dict(output_type="latent"), "output_type"),
         (dict(prompt=["a", "b"]), "one per clip"),
+        (dict(prompt=7), "prompt"),
         (dict(audio=np.zeros(SAMPLES, np.float32)), "silent"),
         (dict(audio=np.zeros(0, np.float32)), "empty"),
         (dict(audio=recording(SAMPLES + 100)), "at most"),
     ]:
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises((ValueError, TypeError), match=match):
             pipe(**{"audio": x, **kwargs})
     with pytest.raises(ValueError, match="student"):
         companion(SoundCTMBandwidthExtensionPipeline, tiny_pipeline(student=False))(x)

@@ -96,8 +96,8 @@ class SoundCTMBandwidthExtensionPipeline(soundctm_pipeline.SoundCTMPipeline):
             logger.warning(note)
         batch, num_samples = waveform.shape[0], waveform.shape[-1]
         if prompt is None:
-            prompt = [""] * batch
-        elif isinstance(prompt, str):
+            prompt = ""
+        if isinstance(prompt, str):
             prompt = [prompt] * batch
         elif isinstance(prompt, (list, tuple)) and len(prompt) != batch:
             raise ValueError(f"`prompt` has {len(prompt)} entries for {batch} clips; give one per clip or a single str")
@@ -109,7 +109,7 @@ class SoundCTMBandwidthExtensionPipeline(soundctm_pipeline.SoundCTMPipeline):
         dc = self._data_consistency_callback(latents, observed, cutoff_hz, guidance_scale, nu, callback_on_step_end,
                                              callback_on_step_end_tensor_inputs)  # fmt: skip
         audio_out = super().__call__(
-            prompt=list(prompt),
+            prompt=prompt,
             negative_prompt=negative_prompt,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
