@@ -29,6 +29,7 @@ except ImportError:
     spaces = None
 
 import argparse
+import functools
 import html
 import logging
 import math
@@ -162,27 +163,35 @@ def to_int16(audio: np.ndarray) -> np.ndarray:
     return pcm[0] if pcm.shape[0] == 1 else pcm.T
 
 
+@functools.lru_cache(maxsize=8)
+def _mel_analysis(sampling_rate: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(n_fft, Hann window, mel filters (MEL_BANDS, n_fft // 2 + 1)) for a ≈ 40 ms analysis window."""
+    n_fft = 2 ** round(math.log2(sampling_rate * 0.04))
+    filters = mel_filter_bank(num_frequency_bins=n_fft // 2 + 1, num_mel_filters=MEL_BANDS, min_frequency=0.0,
+                              max_frequency=sampling_rate / 2, sampling_rate=sampling_rate)
+    return n_fft, torch.hann_window(n_fft), torch.from_numpy(filters.T).float()
+
+
 def spectrogram_image(audio: np.ndarray, sampling_rate: int) -> np.ndarray:
     """
     RGB image (H, W, 3) of the mel spectrogram of `(channels, samples)` audio (channels averaged), on one fixed scale
     for every image: colour = dB relative to full scale in `DB_RANGE` (a full-scale sine reads about 0 dB), `MEL_BANDS`
     mel bands from 0 Hz to the Nyquist frequency, time from 0 to the clip's length.
     """
-    x = torch.as_tensor(np.asarray(audio, dtype=np.float64)).reshape(-1, np.shape(audio)[-1]).mean(0)
-    n_fft = 2 ** round(math.log2(sampling_rate * 0.04))  # ≈ 40 ms window
-    hop = n_fft // 4
-    window = torch.hann_window(n_fft, dtype=torch.float64)
-    stft = torch.stft(x, n_fft, hop, window=window, center=True, pad_mode="constant", return_complex=True)
-    power = (stft.abs() * 2.0 / window.sum()).square().numpy()  # the 2/Σw makes a full-scale sine 1 (0 dB)
+    x = torch.as_tensor(np.asarray(audio, dtype=np.float32)).reshape(-1, np.shape(audio)[-1])
+    x = x[0] if x.shape[0] == 1 else x.mean(0)
+    n_fft, window, filters = _mel_analysis(sampling_rate)
+    stft = torch.stft(x, n_fft, n_fft // 4, window=window, center=True, pad_mode="constant", return_complex=True)
+    power = torch.view_as_real(stft).square().sum(-1) * (2.0 / window.sum()) ** 2  # a full-scale sine → 1 (0 dB)
+    db = (10.0 * torch.log10((filters @ power).clamp(min=1e-20))).numpy()
     nyquist = sampling_rate / 2
-    filters = mel_filter_bank(num_frequency_bins=n_fft // 2 + 1, num_mel_filters=MEL_BANDS, min_frequency=0.0,
-                              max_frequency=nyquist, sampling_rate=sampling_rate)
-    db = 10.0 * np.log10(np.maximum(filters.T @ power, 1e-20))
     length = x.numel() / sampling_rate
 
-    fig = Figure(figsize=(4.8, 2.6), dpi=100, layout="constrained")
+    # Fixed margins rather than a layout engine: every image has the same plot area, and drawing skips a layout pass.
+    fig = Figure(figsize=(4.8, 2.6), dpi=100)
     canvas = FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    ax = fig.add_axes((0.15, 0.19, 0.64, 0.77))
+    colorbar_ax = fig.add_axes((0.81, 0.19, 0.03, 0.77))
     image = ax.imshow(db, origin="lower", aspect="auto", extent=(0.0, length, 0.0, MEL_BANDS), cmap="magma",
                       vmin=DB_RANGE[0], vmax=DB_RANGE[1], interpolation="nearest")
     ticks = [f for f in (0, 500, 1000, 2000, 5000, 10000, 20000) if f < nyquist]
@@ -190,7 +199,7 @@ def spectrogram_image(audio: np.ndarray, sampling_rate: int) -> np.ndarray:
                   [f"{f // 1000}k" if f >= 1000 else str(f) for f in ticks])
     ax.set_xlabel("time (s)")
     ax.set_ylabel("frequency (Hz, mel scale)")
-    fig.colorbar(image, ax=ax, label="dB (full scale)")
+    fig.colorbar(image, cax=colorbar_ax, label="dB (full scale)")
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
