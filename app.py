@@ -458,7 +458,8 @@ class SoundCTMApp:
                                              label="Step counts to compare (same seed for all)")
                     compare_button = gr.Button("Generate", variant="primary")
                     gr.Markdown(f"Spectrograms share one scale: {DB_RANGE[0]:g} to {DB_RANGE[1]:g} dB (full scale), "
-                                f"{MEL_BANDS} mel bands up to half the sampling rate. The time is the pipeline's wall time.")
+                                f"{MEL_BANDS} mel bands up to half the sampling rate. The time is the pipeline's wall time."
+                                + (" The teacher uses ω as its guidance scale; ν and γ apply to the student only." if self.teacher else ""))
                     compare_columns, compare_outputs = [], []
                     with gr.Row(equal_height=False):
                         for slot in self.slots:
