@@ -22,9 +22,15 @@ from soundctm import SoundCTMDiTModel, SoundCTMPipeline
 
 
 class DistillationTeacher(ABC):
-    """A frozen EDM-parameterised diffusion model seen by the distillation losses."""
+    """
+    A frozen EDM-parameterised diffusion model seen by the distillation losses.
+
+    `max_batch_size` (`int`, *optional*) caps the rows of one teacher call in `guided_denoise` (the solve's 2B rows
+    are then evaluated in chunks); `None` evaluates them in one call.
+    """
 
     sigma_data: float
+    max_batch_size: int | None = None
 
     @abstractmethod
     def denoise(self, z: torch.Tensor, sigma: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
@@ -38,8 +44,11 @@ class DistillationTeacher(ABC):
 
     @torch.no_grad()
     def guided_denoise(self, z, sigma, cond, uncond, omega) -> torch.Tensor:
-        """D(∅) + ω·(D(c) − D(∅)) from one call on the batch [z; z] with embeddings [cond; uncond]."""
-        denoised = self.denoise(torch.cat([z, z]), torch.cat([sigma, sigma]), torch.cat([cond, uncond]))
+        """D(∅) + ω·(D(c) − D(∅)) from the batch [z; z] with embeddings [cond; uncond]: one call, or chunks of at
+        most `max_batch_size` rows."""
+        z, sigma, embeds = torch.cat([z, z]), torch.cat([sigma, sigma]), torch.cat([cond, uncond])
+        step = self.max_batch_size or len(z)
+        denoised = torch.cat([self.denoise(z[i : i + step], sigma[i : i + step], embeds[i : i + step]) for i in range(0, len(z), step)])
         d_cond, d_uncond = denoised.chunk(2)
         return d_uncond + omega.reshape(-1, *([1] * (z.ndim - 1))) * (d_cond - d_uncond)
 
@@ -51,12 +60,15 @@ class SoundCTMTeacher(DistillationTeacher):
     with the blocks chained (the authors' feature code applies every block to the block-0 input instead).
     """
 
-    def __init__(self, transformer: SoundCTMDiTModel, scheduler):
+    def __init__(self, transformer: SoundCTMDiTModel, scheduler, max_batch_size: int | None = None):
         if transformer.config.is_student:
             raise ValueError("the teacher transformer must be in teacher mode (is_student=False)")
+        if max_batch_size is not None and max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
         self.transformer = transformer
         self.scheduler = scheduler
         self.sigma_data = float(scheduler.config.sigma_data)
+        self.max_batch_size = max_batch_size
 
     def _forward(self, z, sigma, encoder_hidden_states, features: bool):
         scale = self.scheduler.c_in(sigma).reshape(-1, 1, 1)

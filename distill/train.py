@@ -192,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs.")
     parser.add_argument(
+        "--teacher_batch_size",
+        type=int,
+        default=None,
+        help="Rows per teacher call in the Heun solve (default: all 2B, cond and '' together); smaller chunks can be "
+        "faster on a CPU (benchmarks/bench_distill.py).",
+    )
+    parser.add_argument(
         "--use_ema",
         action="store_true",
         help="Keep a separate EMA of the student for export (diffusers EMAModel) besides the target network.",
@@ -290,6 +297,8 @@ def check_args(args: argparse.Namespace) -> None:
     ):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.teacher_batch_size is not None and args.teacher_batch_size < 1:
+        raise ValueError(f"--teacher_batch_size must be >= 1, got {args.teacher_batch_size}")
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
         raise ValueError(f"--checkpoints_total_limit must be >= 1, got {args.checkpoints_total_limit}")
     if args.sample_size is not None and args.audio_length_in_s is not None:
@@ -533,24 +542,25 @@ def update_target(target: SoundCTMDiTModel, student_params: list[torch.Tensor], 
         raise RuntimeError(
             "the student's parameters do not match the target network's; with FSDP set fsdp_use_orig_params: true"
         )
-    torch._foreach_lerp_(target_params, [p.to(q.dtype) for p, q in zip(student_params, target_params)], 1.0 - mu)
+    torch._foreach_lerp_(target_params, [p.detach().to(q.dtype) for p, q in zip(student_params, target_params)], 1.0 - mu)
 
 
 @contextmanager
 def full_student_parameters(accelerator: Accelerator, model):
-    """The student's full (unsharded) parameters in `parameters()` order, whatever wraps the model."""
-    if accelerator.distributed_type == DistributedType.FSDP:
-        unwrapped = accelerator.unwrap_model(model)
-        params = list(unwrapped.parameters())
-        if any(type(p).__name__ == "DTensor" for p in params):  # FSDP2
-            yield [p.full_tensor() for p in params]
-            return
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        with FullyShardedDataParallel.summon_full_params(model, writeback=False):
-            yield [p.detach() for p in accelerator.unwrap_model(model).parameters()]
+    """The student's full (unsharded) parameters in `parameters()` order, whatever wraps the model. Gathered copies
+    keep `requires_grad`, which `EMAModel.step` reads (it copies, rather than averages, frozen parameters)."""
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.distributed_type != DistributedType.FSDP:
+        yield list(unwrapped.parameters())
         return
-    yield [p.detach() for p in accelerator.unwrap_model(model).parameters()]
+    params = list(unwrapped.parameters())
+    if any(type(p).__name__ == "DTensor" for p in params):  # FSDP2
+        yield [p.full_tensor().detach().requires_grad_(p.requires_grad) for p in params]
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    with FullyShardedDataParallel.summon_full_params(model, writeback=False):
+        yield [p.detach().requires_grad_(p.requires_grad) for p in accelerator.unwrap_model(model).parameters()]
 
 
 # ================================================================================================ checkpoints
@@ -741,7 +751,7 @@ def main(args: argparse.Namespace) -> str:
         sigma_data=teacher_config.sigma_data,
         rho=teacher_config.rho,
     )
-    teacher = SoundCTMTeacher(pipe.transformer, scheduler)
+    teacher = SoundCTMTeacher(pipe.transformer, scheduler, max_batch_size=args.teacher_batch_size)
     if abs(pipe.vae.config.scaling_factor - scheduler.config.sigma_data) > 1e-6:
         logger.warning(
             f"the VAE's scaling_factor ({pipe.vae.config.scaling_factor}) differs from the teacher's sigma_data "
@@ -793,9 +803,12 @@ def main(args: argparse.Namespace) -> str:
     )
     stream.check()  # an empty stream, missing columns or undecodable audio fail here, before any training
 
+    checkpoint = resolve_checkpoint(args)
+    if args.resume_from_checkpoint and checkpoint is None:
+        logger.info(f"no checkpoint in {args.output_dir}: starting a new run")
     if args.compute_latent_stats:
         stats_path = os.path.join(args.output_dir, "latent_stats.json")
-        if os.path.isfile(stats_path):  # a resumed run keeps the statistics it started with
+        if checkpoint is not None and os.path.isfile(stats_path):  # a resumed run keeps the statistics it began with
             with open(stats_path) as f:
                 stats = json.load(f)
             mean, std = stats["latents_mean"], stats["latents_std"]
@@ -850,9 +863,6 @@ def main(args: argparse.Namespace) -> str:
         accelerator.init_trackers(args.tracker_project_name, config=config)
 
     global_step = 0
-    checkpoint = resolve_checkpoint(args)
-    if args.resume_from_checkpoint and checkpoint is None:
-        logger.info(f"no checkpoint in {args.output_dir}: starting a new run")
     if checkpoint is not None:
         logger.info(f"resuming from {checkpoint}")
         accelerator.load_state(checkpoint)

@@ -107,6 +107,8 @@ def test_guided_denoise_is_cfg_of_two_separate_teacher_calls(teacher, teacher_pi
     expected = d_u + omega[:, None, None] * (d_c - d_u)
     torch.testing.assert_close(teacher.guided_denoise(z, sigma, cond, uncond, omega), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(teacher.guided_denoise(z, sigma, cond, uncond, torch.ones(3))[0], d_c[0], rtol=1e-5, atol=1e-5)
+    chunked = SoundCTMTeacher(teacher.transformer, teacher.scheduler, max_batch_size=4)  # 6 rows in calls of 4 + 2
+    torch.testing.assert_close(chunked.guided_denoise(z, sigma, cond, uncond, omega), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_heun_solve_matches_a_per_sample_loop(teacher, teacher_pipe, scheduler):
@@ -338,3 +340,35 @@ def test_student_update_has_the_gradients_of_eq9(teacher_pipe, teacher, schedule
     assert logs["loss_dsm"] == pytest.approx(loss_dsm.item(), rel=1e-5)
     for (name, p), q in zip(student.named_parameters(), reference.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_target_network_and_export_ema_average_the_student(teacher_pipe):
+    """sg(θ) ← μ·sg(θ) + (1 − μ)·θ after every step, and the export EMA (diffusers EMAModel, with its warm-up)
+    averages too, rather than copying, the parameters handed over by `full_student_parameters`."""
+    from accelerate import Accelerator
+    from diffusers.training_utils import EMAModel
+
+    from distill.train import full_student_parameters, make_student, update_target
+    from soundctm import SoundCTMDiTModel
+
+    accelerator = Accelerator(cpu=True)
+    student = make_student(teacher_pipe.transformer, 16)
+    target = copy.deepcopy(student).requires_grad_(False)
+    export_ema = EMAModel(student.parameters(), decay=0.9, model_cls=SoundCTMDiTModel, model_config=student.config)
+    expected_target = [p.detach().clone() for p in student.parameters()]
+    expected_shadow = [p.detach().clone() for p in student.parameters()]
+    for step in (1, 2, 3):
+        with torch.no_grad():
+            for p in student.parameters():
+                p.add_(0.1 * step)
+        with full_student_parameters(accelerator, student) as params:
+            update_target(target, params, 0.8)
+            export_ema.step(params)
+        decay = 0.0 if step == 1 else min(step / (9 + step), 0.9)  # EMAModel: (1 + n) / (10 + n), n = step - 1
+        for i, p in enumerate(student.parameters()):
+            expected_target[i] = 0.8 * expected_target[i] + 0.2 * p.detach()
+            expected_shadow[i] = decay * expected_shadow[i] + (1 - decay) * p.detach()
+    for p, q in zip(target.parameters(), expected_target):
+        torch.testing.assert_close(p, q)
+    for p, q in zip(export_ema.shadow_params, expected_shadow):
+        torch.testing.assert_close(p, q)
