@@ -67,7 +67,7 @@ def tiny_text_encoder(text_embedding: str, seed: int = 0):
             intermediate_size=37,
             max_position_embeddings=128,
         )
-        encoder = BertModel(config, add_pooling_layer=False).eval()
+        encoder = BertModel(config).eval()  # with its pooler, as BertModel.from_pretrained builds it
         width = 16
     else:
         raise ValueError(text_embedding)
