@@ -124,7 +124,7 @@ def run(args):
     with torch.no_grad():
         z_target = z_t * 0.9
     R, k = args.repeats, args.heun_steps
-    r = {"batch": B, "frames": T, "threads": torch.get_num_threads()}
+    r = {"batch": B, "frames": T, "threads": torch.get_num_threads(), "load_average_start": os.getloadavg()[0]}
     r["params_M"] = sum(p.numel() for p in student.parameters()) / 1e6
 
     # Data side.
@@ -223,13 +223,15 @@ def run(args):
             "data (VAE + text)": r["data_s"],
         }
         r[name] = {"E[k]": expected_k, "parts_s": parts, "step_s": sum(parts.values())}
+    r["load_average_end"] = os.getloadavg()[0]
     return r
 
 
 def markdown(r):
     lines = [
         f"Mid-size DiT: {r['params_M']:.1f} M parameters, batch {r['batch']} x {r['frames']} frames, "
-        f"{r['threads']} threads, fp32.",
+        f"{r['threads']} threads, fp32; 1-minute load average {r['load_average_start']:.1f} at the start, "
+        f"{r['load_average_end']:.1f} at the end (other processes on the machine slow every part, and not equally).",
         "",
         "| part | " + " | ".join(f"{name} (E[k] = {r[name]['E[k]']:.1f})" for name in SETTINGS) + " |",
         "|---|" + "---|" * len(SETTINGS),

@@ -134,7 +134,13 @@ def read_audio(value, base_dir: str | None = None) -> tuple[np.ndarray, int]:
         source = value
     else:
         raise TypeError(f"unsupported audio value of type {type(value).__name__}")
-    if isinstance(source, str) and not os.path.isabs(source) and base_dir is not None and not os.path.exists(source):
+    if isinstance(source, str) and "://" in source.split("::")[0]:
+        # A streamed Hub or remote file (hf://..., zip://...::https://...): `datasets` opens such URLs.
+        from datasets.utils.file_utils import xopen
+
+        with xopen(source, "rb") as f:
+            source = io.BytesIO(f.read())
+    elif isinstance(source, str) and not os.path.isabs(source) and base_dir is not None and not os.path.exists(source):
         source = os.path.join(base_dir, source)
     audio, rate = sf.read(source, dtype="float32", always_2d=True)
     return audio, int(rate)
@@ -233,6 +239,8 @@ class AudioCaptionStream:
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         return {
+            "seed": self.seed,
+            "shuffle_buffer_size": self.shuffle_buffer_size,
             "epoch": self.epoch,
             "skipped": self.skipped,
             "block_index": self._block_index,
@@ -242,6 +250,12 @@ class AudioCaptionStream:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        for name in ("seed", "shuffle_buffer_size"):
+            if state[name] != getattr(self, name):
+                raise ValueError(
+                    f"the checkpoint's data stream used {name}={state[name]}, this run {getattr(self, name)}: "
+                    f"resume with the same --{name} to see the same batches"
+                )
         self.epoch, self.skipped = int(state["epoch"]), int(state["skipped"])
         self._block_index, self._position = int(state["block_index"]), int(state["position"])
         self._block_start = copy.deepcopy(state["block_start"])

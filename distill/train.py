@@ -664,6 +664,16 @@ def log_validation(accelerator, args, pipe, transformer, scheduler, step: int) -
                     tracker.log({tag: wandb.Audio(audio.numpy(), sample_rate=rate, caption=prompt)}, step=step)
 
 
+def exported_student(target: SoundCTMDiTModel, export_ema: EMAModel | None) -> SoundCTMDiTModel:
+    """The EMA student that validation samples and the run exports: the export EMA when kept (--use_ema), else the
+    target network sg(θ)."""
+    if export_ema is None:
+        return target
+    model = copy.deepcopy(target)
+    export_ema.copy_to(model.parameters())
+    return model
+
+
 def make_student(teacher_transformer: SoundCTMDiTModel, sample_size: int) -> SoundCTMDiTModel:
     """The student θ: the teacher's config with the s and ω inputs (no new parameters), the teacher's weights (fp32)."""
     student = SoundCTMDiTModel.from_config(teacher_transformer.config, is_student=True, sample_size=sample_size)
@@ -922,7 +932,7 @@ def main(args: argparse.Namespace) -> str:
         if not accelerator.sync_gradients:
             raise RuntimeError("gradient accumulation and the step loop disagree")  # accumulate() syncs the last one
 
-        # 13. The EMA target network (and the export EMA).
+        # After the optimiser step: the EMA target network sg(θ) (and the export EMA).
         with full_student_parameters(accelerator, student) as params:
             update_target(target, params, args.ema_decay)
             if export_ema is not None:
@@ -969,16 +979,12 @@ def main(args: argparse.Namespace) -> str:
             }
             save_checkpoint(accelerator, args, global_step, train_state)
         if global_step % args.validation_steps == 0 and accelerator.is_main_process and args.report_to != "none":
-            log_validation(accelerator, args, pipe, target, scheduler, global_step)
+            log_validation(accelerator, args, pipe, exported_student(target, export_ema), scheduler, global_step)
 
-    # The EMA student as a SoundCTM pipeline folder (the export EMA when kept, else the target network).
+    # The EMA student as a SoundCTM pipeline folder.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        transformer = target
-        if export_ema is not None:
-            transformer = copy.deepcopy(target)
-            export_ema.copy_to(transformer.parameters())
-        student_pipeline(pipe, transformer, scheduler).save_pretrained(args.output_dir)
+        student_pipeline(pipe, exported_student(target, export_ema), scheduler).save_pretrained(args.output_dir)
         logger.info(f"saved the student pipeline to {args.output_dir}")
         if args.push_to_hub:
             from huggingface_hub import create_repo, upload_folder

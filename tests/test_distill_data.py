@@ -147,6 +147,8 @@ def test_resuming_from_a_state_dict_continues_with_the_same_examples(data_dir):
     for a, b in zip(again, continued):
         np.testing.assert_array_equal(a.waveform, b.waveform)  # the same random crops too
     assert resumed.skipped == stream.skipped and resumed.epoch == stream.epoch
+    with pytest.raises(ValueError, match="--shuffle_buffer_size"):
+        stream_of(source, shuffle_buffer_size=4).load_state_dict(state)
 
 
 def test_blocks_are_shuffled_differently_every_epoch(data_dir):
@@ -190,3 +192,18 @@ def test_a_source_that_is_nothing_is_named(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ValueError, match="manifest file must be one of"):
         open_audio_caption_dataset(str(tmp_path / "notes.txt"))
+
+
+def test_audio_inside_an_archive_is_read_through_datasets_url_opener(tmp_path):
+    """Streamed Hub datasets hand out chained URLs (zip://member::archive, hf://...) rather than local paths."""
+    import zipfile
+
+    from distill.data import read_audio
+
+    x = (0.1 * np.sin(np.arange(400) / 7)).astype(np.float32)
+    sf.write(tmp_path / "a.wav", np.stack([x, x], axis=1), 22050)
+    with zipfile.ZipFile(tmp_path / "audio.zip", "w") as archive:
+        archive.write(tmp_path / "a.wav", "inner/a.wav")
+    audio, rate = read_audio({"path": f"zip://inner/a.wav::{tmp_path / 'audio.zip'}", "bytes": None})
+    assert rate == 22050 and audio.shape == (400, 2)
+    np.testing.assert_allclose(audio[:, 0], x, atol=1e-4)

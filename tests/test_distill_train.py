@@ -241,7 +241,8 @@ def test_an_empty_manifest_with_a_header_is_an_empty_stream(workdir, tmp_path):
 # ------------------------------------------------------------------------------------------ learning
 def test_the_one_step_student_approaches_the_teachers_heun_solution(workdir):
     """Distilled for 200 steps (N = 10, ω = 4), the 1-step student's relative squared error to the teacher's 10-step
-    Heun solution at ω = 4 falls at least 2-fold from the initial student's (measured: ~0.97 -> ~0.25)."""
+    Heun solution at ω = 4 falls at least 2-fold from the initial student's (the student starts as the teacher's
+    one-step denoiser; `pytest -s` prints both errors)."""
     omega, prompts = 4.0, [f"caption {i}" for i in range(4)] + ["a dog barks", "rain falls on a roof"]
     output = workdir / "learn"
     launch(
@@ -269,6 +270,7 @@ def test_the_one_step_student_approaches_the_teachers_heun_solution(workdir):
     initial = student_pipeline(teacher, make_student(teacher.transformer, 16), CTMScheduler())
     error_before = ((sample(initial, 1) - heun) ** 2).mean() / (heun**2).mean()
     error_after = ((sample(SoundCTMPipeline.from_pretrained(str(output)), 1) - heun) ** 2).mean() / (heun**2).mean()
+    print(f"1-step student vs 10-step Heun teacher, relative squared error: {error_before:.3f} -> {error_after:.3f}")
     assert error_after < error_before / 2, (float(error_before), float(error_after))
 
 
