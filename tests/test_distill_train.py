@@ -46,7 +46,8 @@ def command(workdir, output_dir, *extra, num_processes=1):
 
 
 def environment():
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    env.pop("PYTHONPATH", None)  # train.py finds `distill` by itself
     env.pop("CUDA_VISIBLE_DEVICES", None)
     return env
 
