@@ -67,8 +67,12 @@ def held_out(make_data, count: int, data_seed: int, offset: int = 0) -> list[tup
 
 
 def fit(audio: np.ndarray, length: int) -> np.ndarray:
-    """A clip cut or zero-padded to the model's length."""
-    return np.pad(audio[:length], (0, max(0, length - len(audio)))).astype(np.float32)
+    """A clip zero-padded to the model's length, or cut to its loudest stretch of that length."""
+    if len(audio) <= length:
+        return np.pad(audio, (0, length - len(audio))).astype(np.float32)
+    energy = np.concatenate([[0.0], np.cumsum(audio.astype(np.float64) ** 2)])
+    start = int(np.argmax(energy[length:] - energy[:-length]))
+    return audio[start : start + length].astype(np.float32)
 
 
 class Adherence:
