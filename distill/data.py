@@ -24,6 +24,8 @@ import copy
 import io
 import logging
 import os
+import queue
+import threading
 from dataclasses import dataclass
 from itertools import islice
 
@@ -194,8 +196,8 @@ class AudioCaptionStream:
     An endless, exactly resumable iterator of `AudioExample`s over a `datasets.IterableDataset` (epoch after epoch).
 
     Args:
-        dataset: the raw-record stream of this process (from `open_audio_caption_dataset`); never iterated itself,
-            each epoch iterates a copy.
+        dataset: the raw-record stream of this process (from `open_audio_caption_dataset`), not yet iterated; the
+            stream positions it with `load_state_dict` (its fresh state starts every epoch).
         audio_column, caption_column (`str`): the record's columns.
         sampling_rate (`int`): the VAE's rate; num_samples (`int`): the model's length in samples.
         seed (`int`), rank (`int`): seed the block permutations and per-record randomness.
@@ -235,6 +237,7 @@ class AudioCaptionStream:
         self._iterator = None
         self._next_block_start = None
         self._warned = set()
+        self._initial_state = copy.deepcopy(dataset.state_dict())
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -267,11 +270,9 @@ class AudioCaptionStream:
         return self
 
     def _open(self):
-        dataset = copy.deepcopy(self.dataset)
-        if self._block_start is not None:
-            dataset.load_state_dict(copy.deepcopy(self._block_start))
-        self._live = dataset
-        self._iterator = iter(dataset)
+        # One dataset object, re-positioned by its own state dict (its fresh state starts a new pass).
+        self.dataset.load_state_dict(copy.deepcopy(self._block_start or self._initial_state))
+        self._iterator = iter(self.dataset)
 
     def _read_block(self) -> None:
         if self._iterator is None:
@@ -286,7 +287,7 @@ class AudioCaptionStream:
             self._block_index, self._block_start, self._position, self._decoded_in_epoch = 0, None, 0, 0
             self._iterator = None
             return self._read_block()
-        self._next_block_start = copy.deepcopy(self._live.state_dict())
+        self._next_block_start = copy.deepcopy(self.dataset.state_dict())
         if self.shuffle_buffer_size > 1:
             order = np.random.default_rng([self.seed, self.rank, self.epoch, self._block_index]).permutation(len(records))
             records = [records[i] for i in order]
@@ -325,8 +326,11 @@ class AudioCaptionStream:
     def check(self) -> None:
         """Before training: the stream has a record, with both columns, and some record decodes. Reads records from
         the start of a fresh pass until one decodes. Raises `ValueError` (`EmptyStreamError`) otherwise."""
+        if self._iterator is not None:
+            raise RuntimeError("check() reads the stream from its start: call it before iterating")
         errors = 0
-        for record in copy.deepcopy(self.dataset):
+        self.dataset.load_state_dict(copy.deepcopy(self._initial_state))
+        for record in self.dataset:
             for option, column in (("--audio_column", self.audio_column), ("--caption_column", self.caption_column)):
                 if column not in record:
                     raise ValueError(f"{option} {column!r} is not a column of the dataset; its records have {sorted(record)}")
@@ -345,6 +349,60 @@ class AudioCaptionStream:
         examples = [next(self) for _ in range(batch_size)]
         audio = torch.from_numpy(np.stack([e.waveform for e in examples]))[:, None, :]
         return audio, [e.caption for e in examples]
+
+
+class BatchPrefetcher:
+    """
+    Batches of an `AudioCaptionStream`, read `depth` batches ahead in a background thread (decoding and resampling
+    overlap the training step; 0 reads in the caller's thread). Each batch travels with the stream state that follows
+    it, and `state_dict()` is the state after the last batch handed out, so a checkpoint resumes exactly whatever the
+    thread has read ahead. Load a saved state into the stream before making the prefetcher.
+    """
+
+    def __init__(self, stream: AudioCaptionStream, batch_size: int, depth: int = 2):
+        if depth < 0:
+            raise ValueError(f"depth must be >= 0, got {depth}")
+        self.stream, self.batch_size, self.depth = stream, batch_size, depth
+        self._state = stream.state_dict()
+        self._queue = queue.Queue(maxsize=max(depth, 1))
+        self._stop = threading.Event()
+        self._thread = None
+
+    def _produce(self):
+        try:
+            while not self._stop.is_set():
+                item = (self.stream.next_batch(self.batch_size), self.stream.state_dict())
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as error:  # handed to the training thread, which raises it
+            self._queue.put(error)
+
+    def next_batch(self) -> tuple[torch.Tensor, list[str]]:
+        if self.depth == 0:
+            batch = self.stream.next_batch(self.batch_size)
+            self._state = self.stream.state_dict()
+            return batch
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._produce, name="audio-prefetch", daemon=True)
+            self._thread.start()
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        batch, self._state = item
+        return batch
+
+    def state_dict(self) -> dict:
+        """The stream state after the last batch handed out."""
+        return copy.deepcopy(self._state)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
 
 def _describe(record: dict, audio_column: str) -> str:

@@ -48,7 +48,7 @@ from accelerate.utils import DistributedType, ProjectConfiguration  # noqa: E402
 from diffusers.optimization import get_scheduler  # noqa: E402
 from diffusers.training_utils import EMAModel  # noqa: E402
 
-from distill.data import AudioCaptionStream, open_audio_caption_dataset  # noqa: E402
+from distill.data import AudioCaptionStream, BatchPrefetcher, open_audio_caption_dataset  # noqa: E402
 from distill.losses import (  # noqa: E402
     adaptive_dsm_weight,
     conv1x1_weight_grad,
@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1000,
         help="Records are shuffled in blocks of this many (1 = stream order); resuming re-reads at most one block.",
+    )
+    parser.add_argument(
+        "--dataloader_prefetch",
+        type=int,
+        default=2,
+        help="Batches decoded ahead in a background thread (0 = decode in the training loop).",
     )
     parser.add_argument(
         "--random_crop",
@@ -297,6 +303,8 @@ def check_args(args: argparse.Namespace) -> None:
     ):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.dataloader_prefetch < 0:
+        raise ValueError(f"--dataloader_prefetch must be >= 0, got {args.dataloader_prefetch}")
     if args.teacher_batch_size is not None and args.teacher_batch_size < 1:
         raise ValueError(f"--teacher_batch_size must be >= 1, got {args.teacher_batch_size}")
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
@@ -681,24 +689,41 @@ def make_student(teacher_transformer: SoundCTMDiTModel, sample_size: int) -> Sou
     return student
 
 
-# ================================================================================================ latent statistics
-@torch.no_grad()
-def compute_latent_stats(accelerator, args, pipe, dataset, base_dir, num_samples) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation of the VAE's posterior means over `latent_stats_samples` records (the
-    first ones of a fresh pass; every process reads its own part), for `standardize`."""
-    vae, device = pipe.vae, accelerator.device
-    stream = AudioCaptionStream(
+# ================================================================================================ data
+def open_stream(args, accelerator: Accelerator, sampling_rate: int, num_samples: int, seed: int) -> AudioCaptionStream:
+    """This process's part of the dataset as a stream of mono clips of `num_samples` at `sampling_rate`."""
+    dataset, base_dir = open_audio_caption_dataset(
+        args.dataset_name,
+        args.audio_column,
+        args.caption_column,
+        split=args.dataset_split,
+        config_name=args.dataset_config_name,
+        revision=args.dataset_revision,
+        cache_dir=args.cache_dir,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+    )
+    return AudioCaptionStream(
         dataset,
         args.audio_column,
         args.caption_column,
-        vae.config.sampling_rate,
+        sampling_rate,
         num_samples,
-        seed=args.seed + 1,
+        seed=seed,
         rank=accelerator.process_index,
         shuffle_buffer_size=args.shuffle_buffer_size,
         base_dir=base_dir,
         random_crop=args.random_crop,
     )
+
+
+# ================================================================================================ latent statistics
+@torch.no_grad()
+def compute_latent_stats(accelerator, args, pipe, num_samples) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of the VAE's posterior means over `latent_stats_samples` records (the
+    first ones of a fresh pass; every process reads its own part), for `standardize`."""
+    vae, device = pipe.vae, accelerator.device
+    stream = open_stream(args, accelerator, vae.config.sampling_rate, num_samples, seed=args.seed + 1)
     per_process = math.ceil(args.latent_stats_samples / accelerator.num_processes)
     sums = torch.zeros(3, vae.config.latent_dim, dtype=torch.float64, device=device)
     done = 0
@@ -788,29 +813,7 @@ def main(args: argparse.Namespace) -> str:
     last_layer_input = LayerInput(student.postprocess_conv)  # θ_L of λ_DSM: the layer that outputs F
 
     # 4. Data: this process's part of the stream.
-    dataset, base_dir = open_audio_caption_dataset(
-        args.dataset_name,
-        args.audio_column,
-        args.caption_column,
-        split=args.dataset_split,
-        config_name=args.dataset_config_name,
-        revision=args.dataset_revision,
-        cache_dir=args.cache_dir,
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
-    )
-    stream = AudioCaptionStream(
-        dataset,
-        args.audio_column,
-        args.caption_column,
-        pipe.vae.config.sampling_rate,
-        num_samples,
-        seed=args.seed,
-        rank=accelerator.process_index,
-        shuffle_buffer_size=args.shuffle_buffer_size,
-        base_dir=base_dir,
-        random_crop=args.random_crop,
-    )
+    stream = open_stream(args, accelerator, pipe.vae.config.sampling_rate, num_samples, seed=args.seed)
     stream.check()  # an empty stream, missing columns or undecodable audio fail here, before any training
 
     checkpoint = resolve_checkpoint(args)
@@ -823,7 +826,7 @@ def main(args: argparse.Namespace) -> str:
                 stats = json.load(f)
             mean, std = stats["latents_mean"], stats["latents_std"]
         else:
-            mean, std = compute_latent_stats(accelerator, args, pipe, dataset, base_dir, num_samples)
+            mean, std = compute_latent_stats(accelerator, args, pipe, num_samples)
             if accelerator.is_main_process:
                 with open(stats_path, "w") as f:
                     json.dump({"latents_mean": mean, "latents_std": std}, f, indent=2)
@@ -888,6 +891,7 @@ def main(args: argparse.Namespace) -> str:
     logger.info(f"  batch per process = {args.train_batch_size}, total batch = {total_batch}")
     logger.info(f"  steps = {args.max_train_steps} (from {global_step}), grid N = {args.num_timesteps}")
 
+    batches = BatchPrefetcher(stream, args.train_batch_size, args.dataloader_prefetch)
     timer = PhaseTimer(device)
     while global_step < args.max_train_steps:
         step_start = time.perf_counter()
@@ -895,7 +899,7 @@ def main(args: argparse.Namespace) -> str:
         for _ in range(args.gradient_accumulation_steps):
             with accelerator.accumulate(student):
                 with timer("data"):
-                    audio, captions = stream.next_batch(args.train_batch_size)
+                    audio, captions = batches.next_batch()
                 batch = ctm_batch(
                     audio,
                     captions,
@@ -940,8 +944,9 @@ def main(args: argparse.Namespace) -> str:
         global_step += 1
 
         seconds = time.perf_counter() - step_start
+        data_state = batches.state_dict()
         values = torch.tensor(
-            [step_logs[k] for k in ("loss", "loss_ctm", "loss_dsm", "lambda_dsm")] + [float(stream.skipped)],
+            [step_logs[k] for k in ("loss", "loss_ctm", "loss_dsm", "lambda_dsm")] + [float(data_state["skipped"])],
             device=device,
             dtype=torch.float64,
         )
@@ -956,7 +961,7 @@ def main(args: argparse.Namespace) -> str:
             "train/heun_steps": step_logs["heun_steps"],
             "train/lr": lr_scheduler.get_last_lr()[0],
             "data/skipped_records": values[4].item(),
-            "data/epoch": stream.epoch,
+            "data/epoch": data_state["epoch"],
             "speed/samples_per_second": total_batch / seconds,
             "speed/seconds_per_step": seconds,
         }
@@ -973,7 +978,7 @@ def main(args: argparse.Namespace) -> str:
             train_state = {
                 "global_step": global_step,
                 "num_processes": accelerator.num_processes,
-                "stream": stream.state_dict(),
+                "stream": data_state,
                 "shared_generator": shared_generator.get_state(),
                 "generator": generator.get_state(),
             }
@@ -981,6 +986,7 @@ def main(args: argparse.Namespace) -> str:
         if global_step % args.validation_steps == 0 and accelerator.is_main_process and args.report_to != "none":
             log_validation(accelerator, args, pipe, exported_student(target, export_ema), scheduler, global_step)
 
+    batches.close()
     # The EMA student as a SoundCTM pipeline folder.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

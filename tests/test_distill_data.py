@@ -207,3 +207,24 @@ def test_audio_inside_an_archive_is_read_through_datasets_url_opener(tmp_path):
     audio, rate = read_audio({"path": f"zip://inner/a.wav::{tmp_path / 'audio.zip'}", "bytes": None})
     assert rate == 22050 and audio.shape == (400, 2)
     np.testing.assert_allclose(audio[:, 0], x, atol=1e-4)
+
+
+def test_prefetched_batches_and_their_state_are_those_of_the_stream(data_dir):
+    """Reading ahead in a thread changes nothing: the same batches, and a state that resumes after the last batch
+    handed out, not after what the thread has read."""
+    from distill.data import BatchPrefetcher
+
+    source = os.path.join(data_dir, "metadata.jsonl")
+    direct = stream_of(source, shuffle_buffer_size=3)
+    expected = [direct.next_batch(2) for _ in range(7)]
+    prefetcher = BatchPrefetcher(stream_of(source, shuffle_buffer_size=3), 2, depth=3)
+    got = [prefetcher.next_batch() for _ in range(4)]
+    state = prefetcher.state_dict()
+    prefetcher.close()
+    resumed = stream_of(source, shuffle_buffer_size=3)
+    resumed.load_state_dict(state)
+    got += [resumed.next_batch(2) for _ in range(3)]
+    for (audio_a, captions_a), (audio_b, captions_b) in zip(expected, got):
+        assert captions_a == captions_b
+        np.testing.assert_array_equal(audio_a.numpy(), audio_b.numpy())
+    assert state["skipped"] == 1  # the corrupt record lies within the first 4 batches (8 good records + 1)
