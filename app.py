@@ -48,6 +48,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from transformers.audio_utils import hertz_to_mel, mel_filter_bank
 
+from app_control import add_control_tabs
 from soundctm.cli import DTYPES, ENV_MODEL, bundled_model_dir, load_pipeline, resolve_model
 
 logger = logging.getLogger("soundctm.app")
@@ -501,6 +502,9 @@ class SoundCTMApp:
                         refined_image = gr.Image(label="Spectrogram", type="numpy", format="png", interactive=False, show_label=False)
                     refine_settings = gr.Textbox(label="Settings of this result (copy to reproduce with the CLI)", lines=4,
                                                  interactive=False, buttons=["copy"], elem_id="refine-settings")
+
+                # Loudness curve, bandwidth extension, audio -> audio (issue 7); endpoints /intensity, /bandwidth, /audio2audio.
+                add_control_tabs(self.student.get, model_arg=self._model_arg(self.student), wrap=on_gpu, queue_kwargs=queue)
 
             # ----------------------------------------------------------------------------------------- events
             random_seed.click(lambda: secrets.randbelow(MAX_SEED + 1), outputs=seed, api_visibility="private", queue=False)

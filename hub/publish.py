@@ -102,6 +102,8 @@ def export_space(space_dir: str | Path, model_repo_id: str, app_file: str | Path
         sdk_version = None
     with atomic_output_dir(space_dir, overwrite) as tmp:
         shutil.copy2(app_file, tmp / "app.py")
+        for module in _local_imports(app_file):  # e.g. app_control.py, the app's editing tabs
+            shutil.copy2(module, tmp / module.name)
         package = Path(soundctm.__file__).parent
         shutil.copytree(package, tmp / "soundctm", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         (tmp / "requirements.txt").write_text("\n".join(_project_requirements()) + "\n")
@@ -122,6 +124,19 @@ def export_space(space_dir: str | Path, model_repo_id: str, app_file: str | Path
         )
         SpaceCard(f"---\n{data.to_yaml()}\n---\n\n{body}").save(tmp / "README.md")
     return Path(space_dir)
+
+
+def _local_imports(app_file: Path) -> list[Path]:
+    """The modules beside `app_file` that it imports at top level (they must travel with it into the Space)."""
+    import ast
+
+    names = set()
+    for node in ast.parse(app_file.read_text()).body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return sorted(p for p in (app_file.parent / f"{name}.py" for name in names) if p.is_file())
 
 
 def upload(folder: str | Path, repo_id: str, repo_type: str = "model", private: bool | None = None, token=None,

@@ -272,6 +272,7 @@ def test_real_hub_client_uploads_every_file_of_the_repo_and_the_space(student_fo
 def test_space_export_runs_the_project_app_on_the_model(tmp_path):
     space = export_space(tmp_path / "space", "someone/tiny-soundctm", ROOT / "app.py", "Tiny")
     assert (space / "app.py").read_bytes() == (ROOT / "app.py").read_bytes()
+    assert (space / "app_control.py").read_bytes() == (ROOT / "app_control.py").read_bytes()  # imported by app.py
     assert (space / "soundctm" / "__init__.py").is_file()
     requirements = (space / "requirements.txt").read_text()
     assert "diffusers" in requirements and "gradio" in requirements
