@@ -108,3 +108,8 @@ def test_resaving_a_loaded_pipeline_round_trips(saved, tmp_path):
     again = SoundCTMPipeline.from_pretrained(tmp_path)
     np.testing.assert_allclose(reference_audio(again), reference_audio(pipe), rtol=1e-4, atol=1e-6)
     assert (tmp_path / "pipeline_soundctm.py").read_text() == (folder / "pipeline_soundctm.py").read_text()
+
+
+def test_a_missing_folder_is_named_in_the_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such pipeline folder"):
+        SoundCTMPipeline.from_pretrained(tmp_path / "missing")

@@ -476,6 +476,8 @@ class SoundCTMPipeline(DiffusionPipeline):
         runs the code files of the folder.
         """
         path = str(pretrained_model_name_or_path)
+        if not os.path.isdir(path) and (os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1):
+            raise FileNotFoundError(f"{path}: no such pipeline folder (and not a Hub id of the form owner/name)")
         if not _is_dynamic_class(cls) and not os.path.isdir(path):
             from huggingface_hub import snapshot_download
 
