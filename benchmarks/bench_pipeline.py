@@ -81,7 +81,6 @@ def run_config(config_name, repeats):
     with torch.no_grad():
         student = lambda nu=1.0: pipe(PROMPT, num_inference_steps=1, nu=nu, generator=gen())  # noqa: E731
         student()  # warm-up
-        result["student_1step_s"] = t_student = timed(student, repeats)
         result["peak_rss_GB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
         # The same work as the pipeline, one component at a time.
@@ -89,26 +88,36 @@ def run_config(config_name, repeats):
         z = torch.randn(1, 64, 432) * 80.0
         c_noise = torch.tensor([torch.log(torch.tensor(80.0)) / 4])
         s_noise = torch.tensor([torch.log(torch.tensor(0.002)) / 4])
-        t_text = timed(lambda: pipe.encode_text([PROMPT], cpu), repeats)
         dit_forward = lambda b: pipe.transformer(  # noqa: E731
             z.repeat(b, 1, 1), c_noise.repeat(b), s_noise.repeat(b), torch.full((b,), 5.0),
             encoder_hidden_states=emb.repeat(b, 1, 1),
         )
-        t_dit = timed(lambda: dit_forward(1), repeats)
-        t_vae = timed(lambda: pipe.vae.decode(torch.randn(1, 64, 432)), repeats)
-        result.update(text_s=t_text, dit_forward_s=t_dit, vae_decode_s=t_vae)
-        result["overhead_ratio"] = t_student / (t_text + t_dit + t_vae)
-
-        result["student_1step_nu5_s"] = t_nu = timed(lambda: student(nu=5.0), repeats)
-        result["nu_cost_ratio"] = t_nu / t_student
+        # Interleaved, so that a change of load on the machine hits both sides of every ratio alike.
+        runs = {k: [] for k in ("student", "text", "dit", "vae", "nu5")}
+        for _ in range(repeats):
+            runs["student"].append(timed(student, 1))
+            runs["text"].append(timed(lambda: pipe.encode_text([PROMPT], cpu), 1))
+            runs["dit"].append(timed(lambda: dit_forward(1), 1))
+            runs["vae"].append(timed(lambda: pipe.vae.decode(torch.randn(1, 64, 432)), 1))
+            runs["nu5"].append(timed(lambda: student(nu=5.0), 1))
+        med = {k: statistics.median(v) for k, v in runs.items()}
+        t_student, t_text, t_vae = med["student"], med["text"], med["vae"]
+        result.update(student_1step_s=t_student, text_s=t_text, dit_forward_s=med["dit"], vae_decode_s=t_vae,
+                      student_1step_nu5_s=med["nu5"])
+        result["overhead_ratio"] = statistics.median(
+            s / (t + d + v) for s, t, d, v in zip(runs["student"], runs["text"], runs["dit"], runs["vae"])
+        )
+        result["nu_cost_ratio"] = statistics.median(n / s for n, s in zip(runs["nu5"], runs["student"]))
 
         # Teacher of the same size: the same weights in teacher mode, EDM Heun 40 steps with CFG.
         teacher_dit = SoundCTMDiTModel.from_config({**pipe.transformer.config, "is_student": False}).eval()
         teacher_dit.load_state_dict(pipe.transformer.state_dict())
+        pipe_transformer = pipe.transformer
         components = {**pipe.components, "transformer": teacher_dit, "scheduler": EDMHeunScheduler()}
-        del pipe.transformer
         teacher = SoundCTMPipeline(**components, text_embedding="pooled")
         teacher.set_progress_bar_config(disable=True)
+        # The student is timed again right after the teacher, and the ratio taken against the two students' mean.
+        student_components = {**components, "transformer": pipe_transformer}
         if config_name == "mid":
             result["teacher_heun40_s"] = timed(lambda: teacher(PROMPT, num_inference_steps=40, generator=gen()), 1)
             result["teacher_measured"] = "full run"
@@ -118,7 +127,11 @@ def run_config(config_name, repeats):
             result["teacher_eval_batch2_s"] = t_eval
             result["teacher_heun40_s"] = 79 * t_eval + t_text + t_vae
             result["teacher_measured"] = "79 x timed batch-2 forward + text + VAE"
-        result["teacher_over_student"] = result["teacher_heun40_s"] / t_student
+        del teacher, teacher_dit
+        again = SoundCTMPipeline(**{**student_components, "scheduler": pipe.scheduler}, text_embedding="pooled")
+        again.set_progress_bar_config(disable=True)
+        t_after = timed(lambda: again(PROMPT, num_inference_steps=1, generator=gen()), 1)
+        result["teacher_over_student"] = result["teacher_heun40_s"] / ((runs["student"][-1] + t_after) / 2)
     return result
 
 
@@ -140,7 +153,7 @@ def markdown(results):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions; ratios are their medians")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
