@@ -198,20 +198,21 @@ def accuracy(clips, prompts) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ distances
-def _mel_filterbank(n_mels: int) -> np.ndarray:
-    """Triangular filters equally spaced on the mel scale from 40 Hz to 20 kHz, shape (n_mels, bins)."""
+def mel_filterbank(n_mels: int, n_fft: int = N_FFT, f_min: float = 40.0, f_max: float = 20000.0) -> np.ndarray:
+    """Triangular filters equally spaced on the mel scale from f_min to f_max, shape (n_mels, n_fft // 2 + 1)."""
     mel = lambda f: 2595 * np.log10(1 + f / 700)  # noqa: E731
-    edges = 700 * (10 ** (np.linspace(mel(40.0), mel(20000.0), n_mels + 2) / 2595) - 1)
-    bank = np.zeros((n_mels, len(FREQS)))
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / SAMPLING_RATE)
+    edges = 700 * (10 ** (np.linspace(mel(f_min), mel(f_max), n_mels + 2) / 2595) - 1)
+    bank = np.zeros((n_mels, len(freqs)))
     for i in range(n_mels):
         lo, mid, hi = edges[i : i + 3]
-        bank[i] = np.clip(np.minimum((FREQS - lo) / (mid - lo), (hi - FREQS) / (hi - mid)), 0, None)
+        bank[i] = np.clip(np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)), 0, None)
     return bank
 
 
 MEL_BANDS = 8
-_BANDS = _mel_filterbank(MEL_BANDS)
-_CONTENT_MELS = _mel_filterbank(32)
+_BANDS = mel_filterbank(MEL_BANDS)
+_CONTENT_MELS = mel_filterbank(32)
 
 
 def features(audio) -> np.ndarray:
