@@ -52,25 +52,32 @@ VAE_CONFIG = dict(
 # (window, mel bands) of the multi-scale mel loss, as DAC's, from 64 to 2048 samples.
 MEL_SCALES = ((2048, 320), (1024, 160), (512, 80), (256, 40), (128, 20), (64, 10))
 _MEL_BANKS = {n: torch.from_numpy(mel_filterbank(m, n, f_min=0.0, f_max=22050.0)).float() for n, m in MEL_SCALES}
-SHAPE_LOSS = "rescaled"  # or "convergence" (set by --shape-loss)
 LEVEL_FRAME = 1024  # frame of the loudness term, in samples (23 ms)
 SILENT_CROP_RMS = 0.01  # training crops quieter than -40 dBFS are skipped, as DAC's loader does with its loudness cutoff
+
+
+def _magnitudes(pred: torch.Tensor, target: torch.Tensor, n_fft: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """|STFT| (hop n_fft/4, Hann) of two (batch · channels, samples) signals."""
+    window = torch.hann_window(n_fft, device=pred.device)
+    return tuple(torch.stft(x, n_fft, n_fft // 4, window=window, return_complex=True).abs() for x in (pred, target))
+
+
+def _floored_log_l1(pred_mag: torch.Tensor, target_mag: torch.Tensor, floor_db: float) -> torch.Tensor:
+    """L1 of log10 magnitudes offset by a floor `floor_db` below each target clip's loudest cell."""
+    floor = target_mag.amax(dim=(1, 2), keepdim=True).clamp(min=1e-4) * 10 ** (-floor_db / 20)
+    return F.l1_loss(torch.log10(pred_mag + floor), torch.log10(target_mag + floor))
 
 
 def spectral_loss(pred: torch.Tensor, target: torch.Tensor, floor_db: float = 50.0) -> torch.Tensor:
     """Multi-scale mel loss, as DAC's: L1 of log10 mel *magnitude* over 6 window sizes, offset by a floor `floor_db`
     below each target clip's loudest mel cell instead of DAC's fixed clamp (most cells of these sparse sounds are
     empty, and a fixed clamp lets an all-quiet output match them exactly)."""
-    loss = pred.new_zeros(())
     pred, target = pred.flatten(0, 1), target.flatten(0, 1)
+    loss = pred.new_zeros(())
     for n_fft, _ in MEL_SCALES:
-        window = torch.hann_window(n_fft, device=pred.device)
         bank = _MEL_BANKS[n_fft].to(pred.device)
-        mel_p, mel_t = (
-            bank @ torch.stft(x, n_fft, n_fft // 4, window=window, return_complex=True).abs() for x in (pred, target)
-        )
-        floor = mel_t.amax(dim=(1, 2), keepdim=True).clamp(min=1e-4) * 10 ** (-floor_db / 20)
-        loss = loss + F.l1_loss(torch.log10(mel_p + floor), torch.log10(mel_t + floor))
+        mag_p, mag_t = _magnitudes(pred, target, n_fft)
+        loss = loss + _floored_log_l1(bank @ mag_p, bank @ mag_t, floor_db)
     return loss / len(MEL_SCALES)
 
 
@@ -78,14 +85,19 @@ def linear_spectral_loss(pred: torch.Tensor, target: torch.Tensor, floor_db: flo
     """L1 of log10 STFT magnitude on the linear frequency axis (2048 and 512 windows), floored as `spectral_loss`.
     High mel bands are over 1 kHz wide, so the mel loss barely sees a narrow whistle up there; a small transposed-
     convolution decoder makes exactly that (a steady tone near 18 kHz), and this term removes it."""
-    loss = pred.new_zeros(())
     pred, target = pred.flatten(0, 1), target.flatten(0, 1)
-    for n_fft in (2048, 512):
-        window = torch.hann_window(n_fft, device=pred.device)
-        mag_p, mag_t = (torch.stft(x, n_fft, n_fft // 4, window=window, return_complex=True).abs() for x in (pred, target))
-        floor = mag_t.amax(dim=(1, 2), keepdim=True).clamp(min=1e-4) * 10 ** (-floor_db / 20)
-        loss = loss + F.l1_loss(torch.log10(mag_p + floor), torch.log10(mag_t + floor))
-    return loss / 2
+    return sum(_floored_log_l1(*_magnitudes(pred, target, n_fft), floor_db) for n_fft in (2048, 512)) / 2
+
+
+def spectral_convergence(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """‖|S_target| − |S_pred|‖ / ‖|S_target|‖ of linear STFT magnitudes (2048, 512, 128 windows): energy in the wrong
+    place costs in proportion to its energy, so a loud artefact (a whistle, an offset) cannot hide in a few cells."""
+    pred, target = pred.flatten(0, 1), target.flatten(0, 1)
+    loss = pred.new_zeros(())
+    for n_fft in (2048, 512, 128):
+        mag_p, mag_t = _magnitudes(pred, target, n_fft)
+        loss = loss + (torch.linalg.norm(mag_t - mag_p, dim=(1, 2)) / torch.linalg.norm(mag_t, dim=(1, 2)).clamp(min=1e-6)).mean()
+    return loss / 3
 
 
 def frames(audio: torch.Tensor) -> torch.Tensor:
@@ -93,36 +105,30 @@ def frames(audio: torch.Tensor) -> torch.Tensor:
     return audio.flatten(0, 1).unfold(-1, LEVEL_FRAME, LEVEL_FRAME)
 
 
-def spectral_convergence(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """‖|S_target| − |S_pred|‖ / ‖|S_target|‖ of linear STFT magnitudes (2048, 512, 128 windows): energy in the wrong
-    place costs in proportion to its energy, so a loud artefact (a whistle, an offset) cannot hide in a few cells."""
-    loss = pred.new_zeros(())
-    pred, target = pred.flatten(0, 1), target.flatten(0, 1)
-    for n_fft in (2048, 512, 128):
-        window = torch.hann_window(n_fft, device=pred.device)
-        mag_p, mag_t = (torch.stft(x, n_fft, n_fft // 4, window=window, return_complex=True).abs() for x in (pred, target))
-        loss = loss + (torch.linalg.norm(mag_t - mag_p, dim=(1, 2)) / torch.linalg.norm(mag_t, dim=(1, 2)).clamp(min=1e-6)).mean()
-    return loss / 3
+def reconstruction_losses(
+    pred: torch.Tensor, target: torch.Tensor, shape_loss: str = "rescaled"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(shape, level, offset): the shape term; the L1 of frame log-variance (loudness); and the squared error of
+    frame means (DC and infrasound), relative to the target's power.
 
-
-def reconstruction_losses(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(shape, level, offset): the mel loss of the output rescaled to the target's RMS; the L1 of frame log-variance
-    (loudness); and the squared error of frame means (DC and infrasound), relative to the target's power.
+    `shape_loss` "rescaled": the mel + linear log-STFT losses of the output rescaled to the target's RMS;
+    "convergence": the mel loss + spectral convergence of the output as it is.
 
     Splitting shape and level is what makes a small decoder train in minutes. A plain log-mel loss makes a quiet
     output the cheapest early answer (a decoder that has not yet learned where the energy goes is penalised for
     every empty cell it fills) and, once the output is quiet, its gradient vanishes: training sits at near-silence.
-    The shape term does not change when the output is scaled, so shrinking gains nothing; the level term, in log
-    units, makes a quiet output expensive (-40 dB costs 4) with a gradient that does not vanish. Mel bands do not see
-    DC, so without the offset term the decoder meets the level term with a DC offset instead of the sound."""
-    centred = pred - pred.mean(dim=-1, keepdim=True)
-    gain = target.std(dim=(1, 2), keepdim=True) / centred.pow(2).mean(dim=(1, 2), keepdim=True).sqrt().clamp(min=1e-8)
+    The rescaled shape term does not change when the output is scaled, so shrinking gains nothing; the level term, in
+    log units, makes a quiet output expensive (-40 dB costs 4) with a gradient that does not vanish. Mel bands do not
+    see DC, so without the offset term the decoder meets the level term with a DC offset instead of the sound."""
     pred_frames, target_frames = frames(pred), frames(target)
     level = F.l1_loss(torch.log10(pred_frames.var(-1) + 1e-8), torch.log10(target_frames.var(-1) + 1e-8))
     offset = F.mse_loss(pred_frames.mean(-1), target_frames.mean(-1)) / target.pow(2).mean().clamp(min=1e-6)
-    rescaled = centred * gain
-    if SHAPE_LOSS == "convergence":
+    if shape_loss == "convergence":
         return spectral_loss(pred, target) + spectral_convergence(pred, target), level, offset
+    if shape_loss != "rescaled":
+        raise ValueError(f"shape_loss must be 'rescaled' or 'convergence', got {shape_loss!r}")
+    centred = pred - pred.mean(dim=-1, keepdim=True)
+    rescaled = centred * target.std(dim=(1, 2), keepdim=True) / centred.pow(2).mean(dim=(1, 2), keepdim=True).sqrt().clamp(min=1e-8)
     return spectral_loss(rescaled, target) + linear_spectral_loss(rescaled, target), level, offset
 
 
@@ -215,8 +221,6 @@ def main(argv=None):
     add_run_arguments(parser, max_minutes=25.0)
     args = parser.parse_args(argv)
     start, rng = start_run(args)
-    global SHAPE_LOSS
-    SHAPE_LOSS = args.shape_loss
 
     _, audio = read_split(args.data, "train")
     print(f"{len(audio)} training clips loaded in {time.time() - start:.0f} s", flush=True)
@@ -251,7 +255,7 @@ def main(argv=None):
         x = crops(args.batch_size)
         posterior = vae.encode(x).latent_dist
         y = vae.decode(posterior.sample()).sample
-        shape, level, offset = reconstruction_losses(y, x)
+        shape, level, offset = reconstruction_losses(y, x, args.shape_loss)
         kl = 0.5 * torch.mean(posterior.mean**2 + posterior.var - 1.0 - posterior.logvar)
         loss = shape + args.level_weight * level + args.offset_weight * offset + args.kl_weight * kl
         optimizer.zero_grad(set_to_none=True)
