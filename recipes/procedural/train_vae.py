@@ -139,29 +139,33 @@ def initialize(vae, audio: torch.Tensor, audio_std: float = 0.1, log_variance: f
     `audio_std`), biases zeroed; the posterior's mean channels come out at unit std, its log-variance at
     `log_variance` (std 0.018).
 
+    One forward pass does it: each convolution is rescaled by a forward hook as it runs, and the hook hands the
+    rescaled output on, so every later layer is measured on the input it will see.
+
     With the class's DAC initialisation (std 0.02) the latents of this small encoder have std ~0.006 and the decoder
     output hardly depends on them (its biases dominate); the decoder then learns to ignore its input."""
     kinds = (nn.Conv1d, nn.ConvTranspose1d)
     convs = [m for m in vae.encoder.modules() if isinstance(m, kinds)] + [vae.pre_conv, vae.post_conv]
     convs += [m for m in vae.decoder.modules() if isinstance(m, kinds)]
-    last = convs[-1]
-    outputs = {}
-    hooks = [m.register_forward_hook(lambda module, _, out: outputs.__setitem__(module, out)) for m in convs]
+    last, latent_dim = convs[-1], vae.config.latent_dim
+
+    def rescale(module, _, out):
+        if module is vae.pre_conv:
+            scale = out[:, :latent_dim].std().reciprocal()
+            module.weight[:latent_dim] *= scale
+            module.weight[latent_dim:] = 0.0
+            module.bias[latent_dim:] = log_variance
+            return torch.cat([out[:, :latent_dim] * scale, torch.full_like(out[:, latent_dim:], log_variance)], dim=1)
+        scale = (audio_std if module is last else 1.0) / out.std()
+        module.weight *= scale
+        return out * scale
+
     for m in convs:
         if m.bias is not None:
             m.bias.zero_()
+    hooks = [m.register_forward_hook(rescale) for m in convs]
     try:
-        for m in convs:
-            for _ in range(2):  # a second pass corrects for the nonlinearity after the rescale
-                vae.decode(vae.encode(audio).latent_dist.mean)
-                out = outputs[m]
-                if m is vae.pre_conv:
-                    latent_dim = vae.config.latent_dim
-                    m.weight[:latent_dim] /= out[:, :latent_dim].std()
-                    m.weight[latent_dim:] = 0.0
-                    m.bias[latent_dim:] = log_variance
-                else:
-                    m.weight *= (audio_std if m is last else 1.0) / out.std()
+        vae.decode(vae.encode(audio).latent_dist.mean)
     finally:
         for hook in hooks:
             hook.remove()
