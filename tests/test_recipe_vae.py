@@ -4,6 +4,8 @@ below the right answer, which are the failure modes a small decoder trained on t
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -55,3 +57,47 @@ def test_reconstruction_losses_rank_the_failure_modes_below_the_answer(shape_los
     assert total(1e-4 * x) > right + 1.0  # near silence: the level term (-66 dB costs 3.3 in log10 units)
     whistle = 0.05 * x + 0.2 * torch.sin(2 * math.pi * 17915.0 * t)
     assert total(whistle) > right + 0.3  # the energy at the wrong frequency
+
+
+def test_identity_residuals_start_every_residual_unit_as_the_identity():
+    vae, x = tiny_vae(), tones()
+    train_vae.initialize(vae, x, audio_std=0.1, identity_residuals=True)
+    units = [m for m in vae.modules() if type(m).__name__ == "ResidualUnit"]
+    assert units
+    with torch.no_grad():
+        for unit in units:
+            h = torch.randn(2, unit.block[1].in_channels, 64)
+            torch.testing.assert_close(unit(h), h)
+        y = vae.decode(vae.encode(x).latent_dist.mean).sample
+    assert torch.isfinite(y).all()
+    assert y.std().item() == pytest.approx(0.1, rel=0.3)  # the rescaling skips the zeroed convolutions
+
+
+def test_linear_start_makes_the_vae_a_perfect_reconstruction_lapped_transform():
+    """With a full orthonormal basis the sine-windowed lapped transform reconstructs exactly, so the VAE started from
+    it reconstructs its input at once (up to its nearly linear Snake and tanh), before any training."""
+    torch.manual_seed(0)
+    vae = AutoencoderGaussianDAC(encoder_dim=4, encoder_rates=[2, 4], latent_dim=16, decoder_dim=16, decoder_rates=[4, 2])
+    basis = torch.linalg.qr(torch.randn(16, 16))[0].numpy()
+    train_vae.linear_start(vae, basis)
+    x = 0.05 * tones(samples=512)
+    with torch.no_grad():
+        posterior = vae.encode(x).latent_dist
+        y = vae.decode(posterior.mean).sample
+    inner = slice(16, -16)  # the first and last half window see zero padding
+    error = (y - x)[..., inner].pow(2).mean() / x[..., inner].pow(2).mean()
+    assert error.item() < 1e-4
+    assert posterior.logvar.mean().item() == pytest.approx(-8.0)
+
+
+def test_pca_filterbank_keeps_the_energy_of_a_tone_in_its_leading_rows():
+    audio = (0.3 * 32768 * tones(n=1, samples=8192)[0].numpy()).astype("int16")
+    basis = train_vae.pca_filterbank(audio, hop=8, count=4, windows=512)
+    assert basis.shape == (4, 16)
+    torch.testing.assert_close(torch.from_numpy(basis @ basis.T), torch.eye(4, dtype=torch.float64))
+
+
+def test_linear_start_names_the_block_that_lacks_channels():
+    vae = AutoencoderGaussianDAC(encoder_dim=1, encoder_rates=[4, 4], latent_dim=8, decoder_dim=16, decoder_rates=[4, 4])
+    with pytest.raises(ValueError, match="encoder block 0 needs 4 channels"):
+        train_vae.linear_start(vae, np.zeros((8, 32)))

@@ -2,18 +2,21 @@
 
     python -m recipes.procedural.train_vae --data runs/procedural/data --out runs/procedural/vae
 
-Losses, on random crops (those quieter than -40 dBFS skipped, as DAC's loader does): DAC's multi-scale mel loss
-(L1 of log mel magnitude at 6 window sizes) on the output rescaled to the target's RMS, + the L1 of frame log-power
-(loudness), + a small KL to N(0, 1); see `reconstruction_losses` for why shape and level are split. The network
-starts from a data-dependent initialisation (`initialize`). No adversarial or feature-matching loss (DAC has
-both): they would double the cost of a step on this CPU. No weight norm either (the class has plain convolutions,
-the authors fold theirs before inference).
+Start: `--init linear` (the default) makes the VAE, before any training, the lapped-transform codec of the data's
+leading principal directions (`pca_filterbank`, `linear_start`): space-to-depth copies through the strided
+convolutions, the sine-windowed basis in the encoder's last and the decoder's first one, identity residual units,
+nearly linear Snakes. It reconstructs the waveform from step 0 (relative error 0.17 at latent_dim 128), where the
+randomly initialised network (`--init lsuv`, `initialize`) does not learn to fit even the waveform's squared error
+in 150 steps (probe_vae_fit.py). Training then makes it nonlinear.
 
-Status (see README.md): not yet good enough to build the demo on. With the default (rescaled) shape loss, 25-minute
-runs reached a reconstruction accuracy of 0.13-0.15 on the test clips (the real clips score 1.0), the output
-dominated by a steady whistle near 17.9 kHz; `--shape-loss convergence` removes the whistle and reaches 0.21 in 24
-minutes, but the decoder then renders every sound as harmonics of 172 Hz (44100 / 256, the period of its last three
-upsampling strides) instead of the sound's own pitch.
+Losses, on random crops (those quieter than -40 dBFS skipped, as DAC's loader does): DAC's multi-scale mel loss
+(L1 of log mel magnitude at 6 window sizes) + a shape term (`--shape-loss`: the output rescaled to the target's RMS,
+or spectral convergence), + the L1 of frame log-power (loudness), + a frame-mean (DC) term, + a small KL to N(0, 1);
+see `reconstruction_losses` for why shape and level are split. No adversarial or feature-matching loss (DAC has
+both): they would double the cost of a step on this CPU. No weight norm either (the class has plain convolutions,
+the authors fold theirs before inference). `--compile` runs the training forward passes through torch.compile.
+
+Status: see README.md (the table of runs and where the stage stands).
 
 At the end: per-channel latents_mean / latents_std of posterior samples of the training clips go into the
 VAE config (so the diffusion stages standardise with them), the VAE is saved with `save_pretrained`, and its
@@ -38,14 +41,14 @@ from .evaluate import accuracy, content_distance, features, frechet_distance, me
 from .make_data import read_split
 
 
-# Hop 2048 (88 latent frames per 4.09 s clip) keeps the DiT's sequence short; 64 latent channels (the authors'
-# number) keep the compression at 32x.
+# Hop 1024 (176 latent frames per 4.09 s clip; the authors' hop): with encoder_dim 16 every encoder block but the
+# last has the channels to carry every phase of its input, which `linear_start` needs. latent_dim is --latent-dim.
 VAE_CONFIG = dict(
     encoder_dim=16,
-    encoder_rates=[4, 8, 8, 8],
+    encoder_rates=[4, 4, 8, 8],
     latent_dim=64,
     decoder_dim=256,
-    decoder_rates=[8, 8, 8, 4],
+    decoder_rates=[8, 8, 4, 4],
     sampling_rate=44100,
     audio_channels=1,
 )
@@ -133,11 +136,17 @@ def reconstruction_losses(
 
 
 @torch.no_grad()
-def initialize(vae, audio: torch.Tensor, audio_std: float = 0.1, log_variance: float = -8.0) -> None:
+def initialize(
+    vae, audio: torch.Tensor, audio_std: float = 0.1, log_variance: float = -8.0, identity_residuals: bool = False
+) -> None:
     """Data-dependent initialisation (LSUV, Mishkin & Matas 2016) on a batch of training crops: in forward order,
     every convolution's weights are rescaled so that its output has unit standard deviation (the decoder's last one:
     `audio_std`), biases zeroed; the posterior's mean channels come out at unit std, its log-variance at
     `log_variance` (std 0.018).
+
+    `identity_residuals`: every residual unit starts as the identity (its last convolution zeroed, as SkipInit /
+    ReZero do), so the network starts as a shallow chain of strided convolutions that gradient descent fits quickly,
+    and the residual units join in as they learn.
 
     One forward pass does it: each convolution is rescaled by a forward hook as it runs, and the hook hands the
     rescaled output on, so every later layer is measured on the input it will see.
@@ -160,15 +169,122 @@ def initialize(vae, audio: torch.Tensor, audio_std: float = 0.1, log_variance: f
         module.weight *= scale
         return out * scale
 
+    skipped = set()
+    if identity_residuals:
+        for unit in vae.modules():
+            if type(unit).__name__ == "ResidualUnit":
+                skipped.add(unit.block[-1])
+                unit.block[-1].weight.zero_()
     for m in convs:
         if m.bias is not None:
             m.bias.zero_()
+    convs = [m for m in convs if m not in skipped]
     hooks = [m.register_forward_hook(rescale) for m in convs]
     try:
         vae.decode(vae.encode(audio).latent_dist.mean)
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def random_crops(audio: np.ndarray, rng: np.random.Generator, n: int, length: int) -> np.ndarray:
+    """(n, length) float32 crops of random int16 clips at random offsets, skipping those quieter than SILENT_CROP_RMS."""
+    out = []
+    while len(out) < n:
+        clip, offset = rng.integers(0, len(audio)), rng.integers(0, audio.shape[1] - length + 1)
+        x = audio[clip, offset : offset + length].astype(np.float32) / 32768.0
+        if np.sqrt(np.mean(x**2)) >= SILENT_CROP_RMS:
+            out.append(x)
+    return np.stack(out)
+
+
+def pca_filterbank(audio: np.ndarray, hop: int, count: int, windows: int = 16384, seed: int = 0) -> np.ndarray:
+    """The `count` leading principal directions of sine-windowed frames of 2·hop samples of `audio` (int16 clips,
+    frames quieter than SILENT_CROP_RMS skipped), shape (count, 2·hop), as analysis filters; the same rows times the
+    window are the synthesis filters. With all 2·hop rows this is a perfect-reconstruction lapped transform (the sine
+    window's squares add up to one at 50 % overlap); with fewer it keeps the subspace that holds most of the energy."""
+    window = np.sin(np.pi * (np.arange(2 * hop) + 0.5) / (2 * hop))
+    frames = random_crops(audio, np.random.default_rng(seed), windows, 2 * hop).astype(np.float64) * window
+    _, vectors = np.linalg.eigh(frames.T @ frames / len(frames))
+    return vectors[:, ::-1][:, :count].T.copy()
+
+
+@torch.no_grad()
+def linear_start(vae, basis: np.ndarray, snake_alpha: float = 1e-3, log_variance: float = -8.0) -> None:
+    """Function-preserving initialisation: the VAE starts as the lapped-transform codec of `basis` (latent_dim rows of
+    2·hop analysis filters, e.g. `pca_filterbank`), exactly up to its slightly nonlinear Snake and tanh.
+
+    Every strided convolution but the encoder's last is a space-to-depth copy (each output channel one phase of the
+    input), the encoder's last one applies the sine-windowed basis to a 2·hop window, the decoder's first transposed
+    convolution overlap-adds the windowed basis, and the later ones are depth-to-space copies; residual units start
+    as the identity and every Snake's α as `snake_alpha` (x + sin²(αx)/α ≈ x). So the chain begins as a codec that
+    already reconstructs, and training bends it into a nonlinear one instead of searching for one from noise.
+
+    Raises ValueError when the config has too few channels to carry every phase (e.g. hop 2048 with encoder_dim 16)."""
+    config, hop = vae.config, vae.hop_length
+    latent_dim = config.latent_dim
+    if basis.shape != (latent_dim, 2 * hop):
+        raise ValueError(f"basis must have shape (latent_dim, 2 * hop) = ({latent_dim}, {2 * hop}), got {basis.shape}")
+    window = np.sin(np.pi * (np.arange(2 * hop) + 0.5) / (2 * hop))
+    analysis = torch.from_numpy(basis * window).float()
+    synthesis = torch.from_numpy(basis * window).float()
+    for module in vae.modules():
+        if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
+            module.weight.zero_()
+            if module.bias is not None:
+                module.bias.zero_()
+        if type(module).__name__ == "Snake1d":
+            module.alpha.fill_(snake_alpha)
+
+    def need(channels, available, where):
+        if channels > available:
+            raise ValueError(f"{where} needs {channels} channels to carry every phase, the config gives {available}")
+
+    # Encoder: copy the waveform, then space-to-depth, then the windowed basis.
+    layers = list(vae.encoder.block)
+    layers[0].weight[0, 0, layers[0].kernel_size[0] // 2] = 1.0
+    offsets, frame = [0], 1  # sample offset of each used channel within a frame of `frame` samples
+    blocks = [m for m in layers if type(m).__name__ == "EncoderBlock"]
+    for i, block in enumerate(blocks):
+        conv, stride = block.block[-1], block.block[-1].stride[0]
+        pad = conv.padding[0]
+        if i < len(blocks) - 1:
+            need(len(offsets) * stride, conv.out_channels, f"encoder block {i}")
+            new = []
+            for c, o in enumerate(offsets):
+                for r in range(stride):
+                    conv.weight[len(new), c, r + pad] = 1.0
+                    new.append(o + r * frame)
+            offsets, frame = new, frame * stride
+        else:
+            need(latent_dim, conv.out_channels, f"encoder block {i}")
+            for k in range(conv.kernel_size[0]):
+                for c, o in enumerate(offsets):
+                    conv.weight[:latent_dim, c, k] = analysis[:, frame * k + o]
+    out_conv = layers[-1]
+    out_conv.weight[torch.arange(latent_dim), torch.arange(latent_dim), out_conv.kernel_size[0] // 2] = 1.0
+    vae.pre_conv.weight[torch.arange(latent_dim), torch.arange(latent_dim), 0] = 1.0
+    vae.pre_conv.bias[latent_dim:] = log_variance
+
+    # Decoder: identity to the first block, overlap-add of the windowed basis, then depth-to-space.
+    vae.post_conv.weight[torch.arange(latent_dim), torch.arange(latent_dim), 0] = 1.0
+    layers = list(vae.decoder.model)
+    need(latent_dim, layers[0].out_channels, "the decoder's first convolution")
+    layers[0].weight[torch.arange(latent_dim), torch.arange(latent_dim), layers[0].kernel_size[0] // 2] = 1.0
+    frame = hop
+    for i, block in enumerate(m for m in layers if type(m).__name__ == "DecoderBlock"):
+        conv, stride = block.block[1], block.block[1].stride[0]
+        pad, new_frame = conv.padding[0], frame // stride
+        need(new_frame, conv.out_channels, f"decoder block {i}")
+        for k in range(conv.kernel_size[0]):
+            if i == 0:
+                conv.weight[:latent_dim, :new_frame, k] = synthesis[:, new_frame * k : new_frame * (k + 1)]
+            else:
+                for o in range(frame):
+                    if o // new_frame + pad == k:
+                        conv.weight[o, o % new_frame, k] = 1.0
+        frame = new_frame
+    layers[-2].weight[0, 0, layers[-2].kernel_size[0] // 2] = 1.0
 
 
 @torch.no_grad()
@@ -220,7 +336,15 @@ def main(argv=None):
     parser.add_argument("--offset-weight", type=float, default=10.0, help="weight of the frame-mean (DC) term")
     parser.add_argument("--kl-weight", type=float, default=1e-4)
     parser.add_argument("--shape-loss", choices=("rescaled", "convergence"), default="rescaled")
-    parser.add_argument("--init-from", default=None, help="start from this VAE folder instead of initialize()")
+    parser.add_argument("--init-from", default=None, help="start from this VAE folder instead of initialising")
+    parser.add_argument(
+        "--init", choices=("lsuv", "linear"), default="linear",
+        help="lsuv: `initialize` (random weights rescaled); linear: `linear_start` from the data's PCA filterbank",
+    )  # fmt: skip
+    parser.add_argument("--latent-dim", type=int, default=VAE_CONFIG["latent_dim"])
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the encoder and decoder for training (fuses the Snake activations)"
+    )
     parser.add_argument("--stats-every", type=int, default=6, help="latent statistics from every n-th training clip")
     add_run_arguments(parser, max_minutes=25.0)
     args = parser.parse_args(argv)
@@ -230,24 +354,23 @@ def main(argv=None):
     print(f"{len(audio)} training clips loaded in {time.time() - start:.0f} s", flush=True)
 
     def crops(n: int) -> torch.Tensor:
-        """n random crops, skipping those quieter than SILENT_CROP_RMS."""
-        out = []
-        while len(out) < n:
-            clip, offset = rng.integers(0, len(audio)), rng.integers(0, audio.shape[1] - args.crop + 1)
-            x = audio[clip, offset : offset + args.crop].astype(np.float32) / 32768.0
-            if np.sqrt(np.mean(x**2)) >= SILENT_CROP_RMS:
-                out.append(x)
-        return torch.from_numpy(np.stack(out))[:, None]
+        return torch.from_numpy(random_crops(audio, rng, n, args.crop))[:, None]
 
-    vae = AutoencoderGaussianDAC(**VAE_CONFIG)
+    config = {**VAE_CONFIG, "latent_dim": args.latent_dim}
+    vae = AutoencoderGaussianDAC(**config)
     if args.crop % vae.hop_length:
         raise ValueError(f"--crop must be a multiple of the hop length {vae.hop_length}, got {args.crop}")
     if args.init_from:
         vae.load_state_dict(AutoencoderGaussianDAC.from_pretrained(args.init_from).state_dict())
+    elif args.init == "linear":
+        linear_start(vae, pca_filterbank(audio, vae.hop_length, args.latent_dim, seed=args.seed))
     else:
         initialize(vae, crops(32))
     print(f"VAE: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M parameters, hop {vae.hop_length}, "
           f"initialised in {time.time() - start:.0f} s", flush=True)  # fmt: skip
+    eager_forwards = vae.encoder.forward, vae.decoder.forward
+    if args.compile:  # on the instances' forward methods, so the state dict keeps its names
+        vae.encoder.forward, vae.decoder.forward = torch.compile(vae.encoder.forward), torch.compile(vae.decoder.forward)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.8, 0.99))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
@@ -284,6 +407,7 @@ def main(argv=None):
     train_minutes = (time.time() - train_start) / 60
 
     vae.eval()
+    vae.encoder.forward, vae.decoder.forward = eager_forwards  # whole clips from here on: no recompiling per shape
     # Statistics of posterior samples, which is what the teacher and the distillation train on.
     mean, std = encode_posteriors(vae, audio[:: args.stats_every])
     z = mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(args.seed))
@@ -291,7 +415,7 @@ def main(argv=None):
     vae.register_to_config(latents_mean=[round(v, 6) for v in mean.tolist()], latents_std=[round(v, 6) for v in std.tolist()])
     vae.save_pretrained(args.out)
 
-    report = {**VAE_CONFIG, **vars(args), "steps": step + 1, "train_minutes": round(train_minutes, 1)}  # steps run, not asked
+    report = {**config, **vars(args), "steps": step + 1, "train_minutes": round(train_minutes, 1)}  # steps run, not asked
     report.update(reconstruction_report(vae, args.data))
     report["total_minutes"] = round((time.time() - start) / 60, 1)
     with open(Path(args.out) / "report.json", "w") as f:
