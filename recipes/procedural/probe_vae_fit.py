@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from soundctm import AutoencoderGaussianDAC
+from soundctm.autoencoder_gaussian_dac import Snake1d
 
 from .common import add_run_arguments, start_run
 from .make_data import read_split
@@ -62,7 +63,7 @@ def build(kind: str, latent_dim: int, calibration: torch.Tensor, audio: np.ndarr
     if kind == "dac-identity":
         with torch.no_grad():
             for module in vae.modules():
-                if type(module).__name__ == "Snake1d":
+                if isinstance(module, Snake1d):
                     module.alpha.fill_(0.05)
     initialize(vae, calibration, identity_residuals=kind == "dac-identity")
     return DACCodec(vae)
