@@ -120,7 +120,8 @@ def main(argv=None):
     for r in test_records:
         per_class.setdefault(r["label"], r["caption"])
     prompts = list(per_class.values())
-    report = {"steps": step + 1, "train_minutes": round(train_minutes, 1), **TEACHER_CONFIG, **vars(args)}
+    # steps run, not asked (after vars(args), which has the asked --steps)
+    report = {**TEACHER_CONFIG, **vars(args), "steps": step + 1, "train_minutes": round(train_minutes, 1)}
     report["parameters"] = sum(p.numel() for p in transformer.parameters())
     for omega in [float(w) for w in args.eval_omegas.split(",") if w]:
         clips = generate(pipe, prompts, seeds=range(len(prompts)), num_inference_steps=40, guidance_scale=omega)
