@@ -49,6 +49,7 @@ from diffusers.optimization import get_scheduler  # noqa: E402
 from diffusers.training_utils import EMAModel  # noqa: E402
 
 from distill.data import AudioCaptionStream, BatchPrefetcher, open_audio_caption_dataset  # noqa: E402
+from distill.latent_cache import PosteriorCache  # noqa: E402
 from distill.losses import (  # noqa: E402
     adaptive_dsm_weight,
     conv1x1_weight_grad,
@@ -135,6 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="Compute per-channel latent mean/std over --latent_stats_samples records instead of the VAE config's.",
     )
     parser.add_argument("--latent_stats_samples", type=int, default=512, help="Records for --compute_latent_stats.")
+    parser.add_argument(
+        "--cache_latents",
+        action="store_true",
+        help="Encode each distinct clip once and keep its VAE posterior in memory (for small datasets read for many "
+        "epochs; a clip cropped elsewhere is another clip).",
+    )
+    parser.add_argument(
+        "--latent_cache_dir",
+        type=str,
+        default=None,
+        help="Also keep the cached posteriors on disk here (implies --cache_latents), one subfolder per VAE weights; "
+        "another run with the same VAE reads them instead of encoding.",
+    )
     # ----------Method (paper Sections 3.1-3.2, Appendix D; defaults = the authors' dit.yaml)----------
     parser.add_argument("--num_timesteps", type=int, default=40, help="N, points of the Karras training grid.")
     parser.add_argument(
@@ -174,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="Seed of every random draw (data order, noise, t/u/s, ω).")
     parser.add_argument("--train_batch_size", type=int, default=8, help="Batch size per process.")
     parser.add_argument("--max_train_steps", type=int, default=10000, help="Optimisation steps.")
+    parser.add_argument(
+        "--max_train_minutes",
+        type=float,
+        default=None,
+        help="Also stop (and save the student) once the training loop has run this long, in minutes.",
+    )
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--gradient_checkpointing", action="store_true", help="Recompute the DiT blocks in backward.")
     parser.add_argument("--learning_rate", type=float, default=8e-5)
@@ -305,6 +325,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.dataloader_prefetch < 0:
         raise ValueError(f"--dataloader_prefetch must be >= 0, got {args.dataloader_prefetch}")
+    if args.max_train_minutes is not None and not args.max_train_minutes > 0:
+        raise ValueError(f"--max_train_minutes must be > 0 (or unset), got {args.max_train_minutes}")
     if args.teacher_batch_size is not None and args.teacher_batch_size < 1:
         raise ValueError(f"--teacher_batch_size must be >= 1, got {args.teacher_batch_size}")
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
@@ -417,6 +439,7 @@ def ctm_batch(
     shared_generator: torch.Generator,
     generator: torch.Generator,
     timer: PhaseTimer,
+    latent_cache: PosteriorCache | None = None,
 ) -> CTMBatch:
     """
     Lines 2-10 of Algorithm 2: latents, caption dropout, (t, u, s) and ω, the teacher's solve t → u and the target
@@ -424,14 +447,19 @@ def ctm_batch(
 
     `shared_generator` draws what every process must agree on (k, so that all ranks do the same work);
     `generator` draws the rest, per process. Both live on the CPU: a run is reproducible on any device.
+    `latent_cache`, if given, supplies the posteriors of clips it has seen (the same sample is drawn from them).
     """
     device, batch = accelerator.device, audio.shape[0]
     vae, num_timesteps = pipe.vae, sigmas.shape[0]
     # 2-3: z_0 = E(x_0), a posterior sample, standardised as the teacher's latents were.
     with timer("vae_encode"):
-        posterior = vae.encode(audio.to(device, vae.dtype)).latent_dist
-        posterior_noise = torch.randn(posterior.mean.shape, generator=generator).to(device)
-        z0 = vae.standardize(posterior.mean + posterior.std * posterior_noise).float()
+        if latent_cache is None:
+            posterior = vae.encode(audio.to(device, vae.dtype)).latent_dist
+            post_mean, post_std = posterior.mean, posterior.std
+        else:
+            post_mean, post_std = (p.to(device, vae.dtype) for p in latent_cache.encode(audio))
+        posterior_noise = torch.randn(post_mean.shape, generator=generator).to(device)
+        z0 = vae.standardize(post_mean + post_std * posterior_noise).float()
     # 4: c_text <- ∅ with probability p_uncond.
     captions = drop_captions(captions, args.p_uncond, generator)
     with timer("text_encode"):
@@ -891,9 +919,19 @@ def main(args: argparse.Namespace) -> str:
     logger.info(f"  batch per process = {args.train_batch_size}, total batch = {total_batch}")
     logger.info(f"  steps = {args.max_train_steps} (from {global_step}), grid N = {args.num_timesteps}")
 
+    latent_cache = None
+    if args.cache_latents or args.latent_cache_dir:
+        latent_cache = PosteriorCache(pipe.vae, args.latent_cache_dir, batch_size=args.train_batch_size)
     batches = BatchPrefetcher(stream, args.train_batch_size, args.dataloader_prefetch)
     timer = PhaseTimer(device)
+    loop_start = time.perf_counter()
     while global_step < args.max_train_steps:
+        if args.max_train_minutes is not None:
+            # every process stops at the same step: the slowest one's clock decides
+            elapsed = torch.tensor((time.perf_counter() - loop_start) / 60, device=device)
+            if accelerator.reduce(elapsed, reduction="max").item() >= args.max_train_minutes:
+                logger.info(f"stopping at step {global_step}: --max_train_minutes {args.max_train_minutes} reached")
+                break
         step_start = time.perf_counter()
         step_logs = defaultdict(float)
         for _ in range(args.gradient_accumulation_steps):
@@ -914,6 +952,7 @@ def main(args: argparse.Namespace) -> str:
                     shared_generator=shared_generator,
                     generator=generator,
                     timer=timer,
+                    latent_cache=latent_cache,
                 )
                 logs = student_backward(
                     batch,
@@ -966,6 +1005,8 @@ def main(args: argparse.Namespace) -> str:
             "speed/seconds_per_step": seconds,
         }
         logs.update({f"speed/{name}_s": value for name, value in timer.pop().items()})
+        if latent_cache is not None:  # this process's clips served from the cache / encoded, over the run
+            logs.update({"data/latent_cache_hits": latent_cache.hits, "data/latent_cache_misses": latent_cache.misses})
         accelerator.log(logs, step=global_step)
         if accelerator.is_main_process:
             logger.info(

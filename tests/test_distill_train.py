@@ -143,6 +143,31 @@ def test_short_run_checkpoints_logs_audio_and_exports_a_loadable_student(workdir
         assert audio.shape == (1, 1, 16 * student.vae.hop_length) and torch.isfinite(torch.from_numpy(audio)).all()
 
 
+def test_cached_latents_train_as_encoded_ones_and_the_clock_stops_a_run(workdir):
+    common = (
+        "--dataset_name", str(workdir / "wavs" / "metadata.jsonl"),
+        "--audio_column", "file_name",
+        "--train_batch_size", "2",
+        "--shuffle_buffer_size", "1",
+        "--no-random_crop",  # a clip cropped at a random offset is another clip to the cache
+        "--max_train_steps", "5",  # 10 clips of the 8 that decode: the second epoch's are cache hits
+    )
+    launch(workdir, workdir / "encoded", *common)
+    cache = workdir / "latent_cache"
+    launch(workdir, workdir / "cached", *common, "--latent_cache_dir", str(cache))
+    a, b = scalars(str(workdir / "encoded")), scalars(str(workdir / "cached"))
+    for step in range(1, 6):
+        np.testing.assert_allclose(b["train/loss"][step], a["train/loss"][step], rtol=1e-4)
+    assert b["data/latent_cache_misses"][5] == [8.0] and b["data/latent_cache_hits"][5] == [2.0]
+    (fingerprint,) = os.listdir(cache)
+    assert len(os.listdir(cache / fingerprint)) == 8
+
+    result = launch(workdir, workdir / "clock", *common[:-1], "10000", "--max_train_minutes", "0.05")
+    assert "--max_train_minutes 0.05 reached" in result.stderr
+    assert 1 <= max(scalars(str(workdir / "clock"))["train/loss"]) < 10000
+    assert SoundCTMPipeline.from_pretrained(str(workdir / "clock")).is_student
+
+
 def test_a_killed_run_resumes_to_the_same_weights_and_loss_curve(workdir):
     common = (
         "--dataset_name", str(workdir / "wavs" / "metadata.jsonl"),  # a manifest: neither torchcodec nor FFmpeg
@@ -224,6 +249,7 @@ def test_bad_input_fails_with_a_clear_error_before_training(workdir, tmp_path):
         (("--omega_min", "6", "--omega_max", "2"), r"--omega_min \(6.0\) must be <= --omega_max \(2.0\)"),
         (("--audio_length_in_s", "0.001"), "can only produce whole multiples of 8 samples"),
         (("--max_heun_steps", "10"), r"--max_heun_steps must be in \[1, 9\]"),
+        (("--max_train_minutes", "0"), r"--max_train_minutes must be > 0"),
         (("--config", str(config)), r"unknown settings \['learning_rat'\]"),
     ]
     for extra, message in cases:
