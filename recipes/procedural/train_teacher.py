@@ -3,7 +3,8 @@
     python -m recipes.procedural.train_teacher --data runs/procedural/data --vae runs/procedural/vae \
         --out runs/procedural/teacher
 
-The training clips are encoded once (posterior mean and std); every step draws a fresh posterior sample,
+The training clips are encoded once (posterior mean and std, kept in --latent-cache for the next stage and reruns:
+distill/train.py's --latent_cache_dir reads the same files); every step draws a fresh posterior sample,
 standardises it with the VAE config's statistics (σ_d = scaling_factor = 0.5), and takes an EDM denoising
 score-matching step (Karras et al. 2022): ln σ ~ N(−1.2, 1.2²), D = c_skip·z_σ + c_out·F(c_in·z_σ, c_noise(σ), c),
 loss λ(σ)·‖D − z_0‖² with λ(σ) = (σ² + σ_d²)/(σ·σ_d)². Captions become "" with probability --p-uncond so the
@@ -28,7 +29,7 @@ from soundctm import AutoencoderGaussianDAC, EDMHeunScheduler, SoundCTMDiTModel
 from .common import TEXT_WIDTH, add_run_arguments, demo_pipeline, generate, save_without_text_encoder, start_run
 from .evaluate import accuracy
 from .make_data import read_split
-from .train_vae import encode_posteriors
+from distill.latent_cache import PosteriorCache
 
 
 # Width 384 is the smallest the 384-d text token allows (its 6 key/value heads of 64 must divide the query heads).
@@ -55,14 +56,18 @@ def main(argv=None):
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--p-uncond", type=float, default=0.1, help="probability that a caption becomes ''")
     parser.add_argument("--eval-omegas", default="3,5", help="CFG scales ω for the closing check")
+    parser.add_argument("--latent-cache", default=None, help="folder for the training clips' posteriors (distill/latent_cache.py)")
     add_run_arguments(parser, max_minutes=45.0)
     args = parser.parse_args(argv)
     start, rng = start_run(args)
 
     vae = AutoencoderGaussianDAC.from_pretrained(args.vae).eval()
     records, audio = read_split(args.data, "train")
-    mean, std = encode_posteriors(vae, audio)
-    del audio
+    cache = PosteriorCache(vae, args.latent_cache)
+    # the float waveforms distill/train.py reads from the same files (16-bit PCM / 32768), so the cache keys agree
+    posteriors = [cache.encode(torch.from_numpy(audio[i : i + 8].astype(np.float32) / 32768.0)) for i in range(0, len(audio), 8)]
+    mean, std = (torch.cat(parts) for parts in zip(*posteriors))
+    del audio, posteriors
     print(f"encoded {len(records)} clips to latents {tuple(mean.shape[1:])} in {time.time() - start:.0f} s", flush=True)
 
     transformer = SoundCTMDiTModel(in_channels=mean.shape[1], sample_size=mean.shape[2], **TEACHER_CONFIG)
@@ -75,13 +80,21 @@ def main(argv=None):
 
     sigma_data = vae.config.scaling_factor
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
-    )
+    # Cosine decay over whichever ends first, --steps or --max-minutes (counted from the start, encoding included), so
+    # that a run cut by the clock still anneals.
+    def progress(step):
+        return max(step / args.steps, (time.time() - start) / 60 / args.max_minutes)
+
     ema = EMAModel(transformer.parameters(), decay=args.ema_decay)
     transformer.train()
-    tick, train_start = time.time(), time.time()
+    tick, train_start, steps_run = time.time(), time.time(), 0
     for step in range(args.steps):
+        done = progress(step)
+        if done >= 1:
+            print(f"stopping at step {step}: --max-minutes {args.max_minutes} reached", flush=True)
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * done))
         index = torch.from_numpy(rng.integers(0, len(records), args.batch_size))
         z0 = vae.standardize(mean[index] + std[index] * torch.randn_like(mean[index]))
         cond = text[index].clone()
@@ -99,16 +112,13 @@ def main(argv=None):
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
         optimizer.step()
-        schedule.step()
         ema.step(transformer.parameters())
+        steps_run = step + 1
         if step % 100 == 0 or step == args.steps - 1:
             rate = (time.time() - tick) / (1 if step == 0 else 100)
             tick = time.time()
             print(f"step {step:5d}  loss {loss.item():.4f}  grad {grad_norm.item():.2f}  {rate:.2f} s/step  "
                   f"{(time.time() - start) / 60:.1f} min", flush=True)  # fmt: skip
-        if (time.time() - start) / 60 > args.max_minutes:
-            print(f"stopping at step {step}: --max-minutes {args.max_minutes} reached", flush=True)
-            break
     train_minutes = (time.time() - train_start) / 60
 
     ema.copy_to(transformer.parameters())
@@ -121,7 +131,7 @@ def main(argv=None):
         per_class.setdefault(r["label"], r["caption"])
     prompts = list(per_class.values())
     # steps run, not asked (after vars(args), which has the asked --steps)
-    report = {**TEACHER_CONFIG, **vars(args), "steps": step + 1, "train_minutes": round(train_minutes, 1)}
+    report = {**TEACHER_CONFIG, **vars(args), "steps": steps_run, "train_minutes": round(train_minutes, 1)}
     report["parameters"] = sum(p.numel() for p in transformer.parameters())
     for omega in [float(w) for w in args.eval_omegas.split(",") if w]:
         clips = generate(pipe, prompts, seeds=range(len(prompts)), num_inference_steps=40, guidance_scale=omega)
