@@ -18,7 +18,8 @@ from safetensors.torch import load_file, save_file
 def vae_fingerprint(vae) -> str:
     """A short hash of the VAE's config and weights: posteriors cached for one VAE are never read for another."""
     digest = hashlib.blake2b(digest_size=8)
-    digest.update(repr(sorted(dict(vae.config).items())).encode())
+    # the config without diffusers' private keys: `_name_or_path` says where it was loaded from, not what it is
+    digest.update(repr(sorted((k, v) for k, v in dict(vae.config).items() if not k.startswith("_"))).encode())
     for name, tensor in sorted(vae.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())

@@ -52,6 +52,11 @@ def test_a_disk_cache_is_read_by_the_next_run_and_kept_apart_per_vae(tmp_path):
     assert (second.hits, second.misses) == (3, 0)
     assert torch.equal(mean, mean2) and torch.equal(std, std2)
 
+    # the same weights saved and loaded from another folder (another `_name_or_path`) share the entries
+    vae.save_pretrained(str(tmp_path / "saved_vae"))
+    reloaded = type(vae).from_pretrained(str(tmp_path / "saved_vae"))
+    assert vae_fingerprint(reloaded) == vae_fingerprint(vae)
+
     other = tiny_vae(seed=1).eval()
     assert vae_fingerprint(other) != vae_fingerprint(vae)
     third = PosteriorCache(other, str(tmp_path))
