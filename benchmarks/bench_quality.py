@@ -5,7 +5,8 @@ On the test split of the procedural dataset (held-out paraphrases, 4 clips per c
 always starts from the noise of seed i, so every row sees the same prompts and the same noise:
 
   1. teacher EDM Heun-40 (CFG ω) against the student at 1, 2, 4, 8, 16 steps (γ = 0, ν = 1): prompt-adherence
-     accuracy (every attribute the prompt names is measured in the clip), Fréchet distance to the real test clips
+     accuracy (every attribute the prompt names is measured in the clip), the share of named attributes matched
+     (`evaluate.attribute_accuracy`, partial adherence), Fréchet distance to the real test clips
      on the evaluator's 24-number feature vector, and wall time against the teacher's (same process, same batches;
      sampling alone and with the VAE decode). Reference rows: the real clips themselves, another draw of real clips
      of the same classes (the Fréchet distance's noise floor), and the VAE's reconstructions (its ceiling).
@@ -33,7 +34,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from recipes.procedural.common import seeded_noise  # noqa: E402
-from recipes.procedural.evaluate import accuracy, content_distance, features, frechet_distance, score  # noqa: E402
+from recipes.procedural.evaluate import (  # noqa: E402
+    accuracy,
+    attribute_accuracy,
+    content_distance,
+    features,
+    frechet_distance,
+    score,
+)
 from recipes.procedural.make_data import read_split  # noqa: E402
 from recipes.procedural.sounds import all_classes, class_name, synthesize  # noqa: E402
 from recipes.procedural.train_vae import reconstruct  # noqa: E402
@@ -68,6 +76,7 @@ def sample(pipe, prompts, batch_size, **kwargs) -> tuple[list[np.ndarray], float
 def quality(clips, prompts, real_features) -> dict:
     return {
         "accuracy": accuracy(clips, prompts),
+        "attributes": attribute_accuracy(clips, prompts),
         "frechet": frechet_distance(np.stack([features(c) for c in clips]), real_features),
     }
 
@@ -174,13 +183,13 @@ def markdown(results: dict, teacher_row: str) -> str:
     lines = [
         f"Held-out paraphrases, {results['prompts']} prompts, prompt i from the noise of seed i, ω = {results['omega']:g}.",
         "",
-        "| | prompt adherence ↑ | Fréchet distance ↓ | time vs teacher (sampling) | (with VAE decode) |",
-        "|---|---|---|---|---|",
+        "| | prompt adherence ↑ | attributes matched ↑ | Fréchet distance ↓ | time vs teacher (sampling) | (with VAE decode) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
         ratio = f"{row['time_ratio']:.3f}" if "time_ratio" in row else "–"
         ratio_d = f"{row['time_ratio_with_decode']:.3f}" if "time_ratio" in row else "–"
-        lines.append(f"| {name} | {100 * row['accuracy']:.1f} % | {row['frechet']:.2f} | {ratio} | {ratio_d} |")
+        lines.append(f"| {name} | {100 * row['accuracy']:.1f} % | {100 * row['attributes']:.1f} % | {row['frechet']:.2f} | {ratio} | {ratio_d} |")
     one, sixteen = rows["student, 1 step (γ 0, ν 1)"]["accuracy"], rows["student, 16 steps (γ 0, ν 1)"]["accuracy"]
     pres = results["content_preservation_db"]
     lines += [
@@ -198,8 +207,8 @@ def markdown(results: dict, teacher_row: str) -> str:
         "|---|---|",
     ]
     lines += [f"| {name} | {m:.2f} ± {s:.2f} |" for name, (m, s) in pres.items()]
-    lines += ["", "ν at 8 steps (γ 0)", "", "| | prompt adherence ↑ | Fréchet distance ↓ |", "|---|---|---|"]
-    lines += [f"| {n} | {100 * r['accuracy']:.1f} % | {r['frechet']:.2f} |" for n, r in results["nu_8_steps"].items()]
+    lines += ["", "ν at 8 steps (γ 0)", "", "| | prompt adherence ↑ | attributes matched ↑ | Fréchet distance ↓ |", "|---|---|---|---|"]
+    lines += [f"| {n} | {100 * r['accuracy']:.1f} % | {100 * r['attributes']:.1f} % | {r['frechet']:.2f} |" for n, r in results["nu_8_steps"].items()]
     src = results["per_source_accuracy"]
     names = list(src)
     lines += ["", "Prompt adherence by source", "", "| source | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]

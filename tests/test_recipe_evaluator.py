@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from recipes.procedural.evaluate import accuracy, content_distance, features, frechet_distance, score  # noqa: E402
+from recipes.procedural.evaluate import (  # noqa: E402
+    accuracy,
+    attribute_accuracy,
+    content_distance,
+    features,
+    frechet_distance,
+    score,
+)
 from recipes.procedural.sounds import SOURCES, VALUES, all_classes, caption, synthesize  # noqa: E402
 
 SEED = 12345  # not a seed the thresholds were looked at with
@@ -34,6 +41,18 @@ def real():
 def test_real_clips_match_their_prompts(real):
     clips, prompts, _ = real
     assert accuracy(clips, prompts) >= 0.95
+
+
+def test_attribute_accuracy_counts_the_share_of_named_attributes_that_match(real):
+    clips, prompts, _ = real
+    assert attribute_accuracy(clips, prompts) >= 0.95
+    tone = clips_of({"source": "tone", "pitch": "low", "envelope": "steady"}, 2)
+    # source and pitch right, envelope wrong: no match, 2 of 3 attributes
+    assert accuracy(tone, ["a low tone fading in"] * 2) == 0.0
+    assert attribute_accuracy(tone, ["a low tone fading in"] * 2) == pytest.approx(2 / 3)
+    # a noise prompt answered by a tone: the source is wrong, its envelope (read as for any source) is right
+    assert attribute_accuracy(tone, ["hiss at a constant volume"] * 2) == pytest.approx(1 / 3)
+    assert attribute_accuracy([np.zeros(44100)], ["a low tone"]) == 0.0
 
 
 def test_a_prompt_that_changes_one_attribute_is_not_matched(real):
