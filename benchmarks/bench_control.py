@@ -25,7 +25,6 @@ only shows that every path runs.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = os.path.join(ROOT, "recipes", "procedural")
+sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from soundctm import SoundCTMPipeline  # noqa: E402
@@ -48,15 +47,10 @@ from soundctm.signal_ops import log_spectral_distance, lowpass  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------ data and evaluator
 def load_recipe():
-    """(make_data, evaluate) modules of recipes/procedural (imported from their files: `evaluate` is also a PyPI name)."""
-    sys.path.insert(0, RECIPE)
-    modules = []
-    for name in ("make_data", "evaluate"):
-        spec = importlib.util.spec_from_file_location(f"procedural_{name}", os.path.join(RECIPE, f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        modules.append(module)
-    return modules
+    """(make_data, evaluate) modules of the recipes.procedural package (the repository root is on sys.path)."""
+    from recipes.procedural import evaluate, make_data
+
+    return make_data, evaluate
 
 
 def held_out(make_data, count: int, data_seed: int, offset: int = 0) -> list[tuple[str, np.ndarray]]:
