@@ -1,7 +1,7 @@
 """SoundCTM demo: one prompt, 1-step drafts, and the same sound refined with more steps (Gradio).
 
-    python app.py                                   # the bundled demo model (student + its teacher), offline, once
-                                                    # assets/soundctm-demo exists (recipes/procedural/README.md)
+    python app.py                                   # the bundled demo model (student + its teacher), offline:
+                                                    # assets/soundctm-demo (recipes/procedural/README.md)
     python app.py --model DIR_OR_HUB_ID [--teacher DIR_OR_HUB_ID] [--port 7860]
     SOUNDCTM_MODEL=owner/student SOUNDCTM_TEACHER=owner/teacher python app.py     # e.g. on a Space
 

