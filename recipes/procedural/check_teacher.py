@@ -1,0 +1,32 @@
+"""Re-run train_teacher.py's closing check on a saved teacher pipeline folder (the bundled one, or a stage-3 output):
+how much its denoiser uses the captions, and how well its Heun-40 samples follow held-out prompts.
+
+    python -m recipes.procedural.check_teacher --teacher assets/soundctm-demo/teacher --data runs/procedural/data
+"""
+
+import argparse
+import json
+
+import torch
+
+from soundctm import SoundCTMPipeline
+
+from .train_teacher import check_teacher
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", required=True, help="teacher pipeline folder")
+    parser.add_argument("--data", required=True, help="the recipe's data folder (its test split is used)")
+    parser.add_argument("--omegas", default="5", help="CFG scales ω, comma-separated; empty: only the denoising check")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    pipe = SoundCTMPipeline.from_pretrained(args.teacher, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    omegas = [float(w) for w in args.omegas.split(",") if w]
+    print(json.dumps({"teacher": args.teacher, **check_teacher(pipe, args.data, omegas)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
