@@ -1,10 +1,12 @@
 """The recipe's teacher stage: the data-dependent start of the conditioning path and the check that the trained
 network uses its captions (recipes/procedural/train_teacher.py)."""
 
+import numpy as np
 import torch
 from tiny_models import tiny_pipeline, tiny_transformer
 
-from recipes.procedural.train_teacher import conditioning_check, init_context_embedding
+from recipes.procedural.sounds import synthesize
+from recipes.procedural.train_teacher import conditioning_check, describe, init_context_embedding
 
 
 def caption_like_embeddings(count=40, width=32, varying=6, spread=0.04, seed=0):
@@ -47,3 +49,12 @@ def test_conditioning_check_sees_whether_the_network_reads_its_captions():
     own, other = "denoise_error_sigma_1_own_caption", "denoise_error_sigma_1_other_caption"
     assert reads[own] != reads[other]
     assert ignores[own] == ignores[other]
+
+
+def test_describe_reports_the_verdict_and_the_measurements_behind_it():
+    clip = synthesize({"source": "tone", "pitch": "mid", "envelope": "fade_out"}, np.random.default_rng(0))
+    right = describe(clip, "the sound of a medium-pitched tone fading out")
+    wrong = describe(clip, "the sound of a medium-pitched tone slowly getting louder")
+    assert right["matched"] and not wrong["matched"]
+    assert right["measured"] == {"source": "tone", "pitch": "mid", "envelope": "fade_out"}
+    assert right["pitch_jitter"] < 0.2 and 450 < right["centroid_hz"] < 2000 and right["fade_db"] < -12
