@@ -6,7 +6,7 @@ import torch
 from tiny_models import tiny_pipeline, tiny_transformer
 
 from recipes.procedural.sounds import synthesize
-from recipes.procedural.train_teacher import conditioning_check, describe, init_context_embedding
+from recipes.procedural.train_teacher import conditioning_check, describe, envelope_check, init_context_embedding
 
 
 def caption_like_embeddings(count=40, width=32, varying=6, spread=0.04, seed=0):
@@ -58,3 +58,17 @@ def test_describe_reports_the_verdict_and_the_measurements_behind_it():
     assert right["matched"] and not wrong["matched"]
     assert right["measured"] == {"source": "tone", "pitch": "mid", "envelope": "fade_out"}
     assert right["pitch_jitter"] < 0.2 and 450 < right["centroid_hz"] < 2000 and right["fade_db"] < -12
+
+
+def test_envelope_check_reads_the_fade_of_real_latents_and_reports_only_the_envelopes_asked():
+    pipe = tiny_pipeline(student=False, text_embedding="mean")
+    ramp = torch.logspace(-1, 1, 16)  # amplitude x100 over the clip: +40 dB, last quarter vs first ~ +30 dB
+    noise = torch.randn(3, 4, 16, generator=torch.Generator().manual_seed(0))
+    latents = torch.stack([noise[0] * ramp, noise[1] * ramp.flip(0), noise[2]])
+    with torch.no_grad():
+        report = envelope_check(pipe, latents, ["a dog barks", "rain falls on a roof", "a siren wails"],
+                                ["fade_in", "fade_out", "steady"])  # fmt: skip
+        only_in = envelope_check(pipe, latents[:1], ["a dog barks"], ["fade_in"])
+    assert report["real_fade_in_db"] > 20 and report["real_fade_out_db"] < -20
+    assert set(report) == {"denoiser_fade_in_db", "real_fade_in_db", "denoiser_fade_out_db", "real_fade_out_db"}
+    assert set(only_in) == {"denoiser_fade_in_db", "real_fade_in_db"}

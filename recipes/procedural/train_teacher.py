@@ -88,9 +88,33 @@ def conditioning_check(pipe, latents: torch.Tensor, captions: list[str], sigma: 
     return errors
 
 
+@torch.no_grad()
+def envelope_check(pipe, latents: torch.Tensor, captions: list[str], envelopes: list[str | None], sigma: float = 1.0) -> dict:
+    """Does the denoiser give a fading sound's frames a gain that follows the fade? For each caption that names a
+    fade, the level (dB) of the last quarter of frames minus the first: of the denoiser's output D(σ·n, σ, c) from
+    pure noise (the energy it puts where; its ideal is a Wiener gain that follows the fade), and of the real clip's
+    latent z_0; averaged per envelope."""
+    teacher = SoundCTMTeacher(pipe.transformer, CTMScheduler(sigma_data=pipe.scheduler.config.sigma_data))
+    noise = sigma * torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+    denoised = teacher.denoise(noise, torch.full((len(latents),), sigma), pipe.encode_text(captions, torch.device("cpu")))
+
+    def last_minus_first_db(z):
+        quarters = z.pow(2).mean(1).reshape(len(z), 4, -1).mean(-1)
+        return 10 * torch.log10(quarters[:, -1] / quarters[:, 0])
+
+    model, real = last_minus_first_db(denoised), last_minus_first_db(latents)
+    report = {}
+    for envelope in ("fade_in", "fade_out"):
+        rows = [i for i, e in enumerate(envelopes) if e == envelope]
+        if rows:
+            report[f"denoiser_{envelope}_db"] = round(model[rows].mean().item(), 1)
+            report[f"real_{envelope}_db"] = round(real[rows].mean().item(), 1)
+    return report
+
+
 def check_teacher(pipe, data: str, omegas: list[float], per_prompt: bool = False) -> dict:
-    """The closing check, on one held-out prompt (and its clip) per class: `conditioning_check` at σ = 1, and the
-    analytic evaluator's prompt adherence and share of attributes matched of Heun-40 samples at each CFG scale ω;
+    """The closing check, on one held-out prompt (and its clip) per class: `conditioning_check` and `envelope_check` at
+    σ = 1, and the analytic evaluator's prompt adherence and share of attributes matched of Heun-40 samples at each CFG scale ω;
     with `per_prompt`, also what the evaluator measured in each sample."""
     test_records, test_audio = read_split(data, "test")
     first = {}
@@ -102,6 +126,7 @@ def check_teacher(pipe, data: str, omegas: list[float], per_prompt: bool = False
         audio = torch.from_numpy(test_audio[rows].astype(np.float32) / 32768.0)
         latents = pipe.vae.standardize(pipe.vae.encode(audio[:, None] if audio.ndim == 2 else audio).latent_dist.mean)
     report = conditioning_check(pipe, latents.float(), prompts)
+    report.update(envelope_check(pipe, latents.float(), prompts, [test_records[i].get("envelope") for i in rows]))
     for omega in omegas:
         clips = generate(pipe, prompts, seeds=range(len(prompts)), num_inference_steps=40, guidance_scale=omega)
         report[f"heun40_accuracy_omega_{omega:g}"] = accuracy(clips, prompts)
