@@ -66,3 +66,10 @@ def test_console_script_is_installed(model_dir, tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "wrote" in result.stdout and (tmp_path / "x.wav").exists()
+
+
+def test_quiet_prints_nothing_not_even_the_loading_bars(model_dir, tmp_path):
+    result = subprocess.run([shutil.which("soundctm"), "generate", "a dog barks", "--model", model_dir, "-o",
+                             str(tmp_path / "x.wav"), "-q"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and "Loading" not in result.stderr and "it/s" not in result.stderr

@@ -124,6 +124,12 @@ def _control(pipe, args, generator):
 def cmd_generate(args) -> int:
     import torch
 
+    if args.quiet:  # the loading bars of diffusers and transformers too
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
     pipe = load_pipeline(args.model, args.device, args.dtype)
     pipe.set_progress_bar_config(disable=args.quiet)
     device = pipe._execution_device
