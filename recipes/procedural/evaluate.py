@@ -191,8 +191,13 @@ def score(audio, prompt) -> tuple[bool, dict]:
     Does `audio` sound like `prompt`? `prompt` is text (parsed with `sounds.parse_prompt`) or an attribute dict.
     Returns (every attribute the prompt names matches, the attributes measured in the clip).
     """
+    return score_measured(measure(audio), prompt)
+
+
+def score_measured(m: dict, prompt) -> tuple[bool, dict]:
+    """`score` from a clip's `measure` output, for callers that also keep the measurements."""
     wanted = parse_prompt(prompt) if isinstance(prompt, str) else dict(prompt)
-    got = classify(measure(audio))
+    got = classify(m)
     ok = all(got.get(k) == v for k, v in wanted.items() if v is not None)
     return ok, got
 

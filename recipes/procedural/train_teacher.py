@@ -29,7 +29,7 @@ from diffusers.training_utils import EMAModel
 from soundctm import AutoencoderGaussianDAC, CTMScheduler, EDMHeunScheduler, SoundCTMDiTModel
 
 from .common import TEXT_WIDTH, add_run_arguments, demo_pipeline, generate, save_without_text_encoder, start_run
-from .evaluate import accuracy, attribute_accuracy, measure, score
+from .evaluate import accuracy, attribute_accuracy, measure, score_measured
 from .make_data import read_split
 from distill.latent_cache import PosteriorCache
 from distill.teacher import SoundCTMTeacher
@@ -75,11 +75,16 @@ def init_context_embedding(transformer: SoundCTMDiTModel, embeddings: torch.Tens
     return {"context_components": k, "context_std_over_captions": round(transformer.context_embedding(embeddings).std(0).mean().item(), 3)}
 
 
+def _denoiser(pipe) -> SoundCTMTeacher:
+    """The pipeline's transformer as distill/'s EDM denoiser D(z, σ, c), with the pipeline's σ_d."""
+    return SoundCTMTeacher(pipe.transformer, CTMScheduler(sigma_data=pipe.scheduler.config.sigma_data))
+
+
 @torch.no_grad()
 def conditioning_check(pipe, latents: torch.Tensor, captions: list[str], sigma: float = 1.0, seed: int = 0) -> dict:
     """Relative denoising error ‖D(z_σ, c) − z_0‖² / ‖z_0‖² of held-out clips at one σ with their own captions and
     with the captions rolled by one (another class): how much the network uses the text."""
-    teacher = SoundCTMTeacher(pipe.transformer, CTMScheduler(sigma_data=pipe.scheduler.config.sigma_data))
+    teacher = _denoiser(pipe)
     z_sigma = latents + sigma * torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
     sigmas = torch.full((len(latents),), sigma)
     text = pipe.encode_text(captions, torch.device("cpu"))
@@ -96,7 +101,7 @@ def envelope_check(pipe, latents: torch.Tensor, captions: list[str], envelopes: 
     fade, the level (dB) of the last quarter of frames minus the first: of the denoiser's output D(σ·n, σ, c) from
     pure noise (the energy it puts where; its ideal is a Wiener gain that follows the fade), and of the real clip's
     latent z_0; averaged per envelope."""
-    teacher = SoundCTMTeacher(pipe.transformer, CTMScheduler(sigma_data=pipe.scheduler.config.sigma_data))
+    teacher = _denoiser(pipe)
     noise = sigma * torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
     denoised = teacher.denoise(noise, torch.full((len(latents),), sigma), pipe.encode_text(captions, torch.device("cpu")))
 
@@ -126,7 +131,7 @@ def check_teacher(pipe, data: str, omegas: list[float], per_prompt: bool = False
     prompts = [test_records[i]["caption"] for i in rows]
     with torch.no_grad():
         audio = torch.from_numpy(test_audio[rows].astype(np.float32) / 32768.0)
-        latents = pipe.vae.standardize(pipe.vae.encode(audio[:, None] if audio.ndim == 2 else audio).latent_dist.mean)
+        latents = pipe.vae.standardize(pipe.vae.encode(audio[:, None]).latent_dist.mean)  # (clips, 1, samples)
     report = conditioning_check(pipe, latents.float(), prompts)
     report.update(envelope_check(pipe, latents.float(), prompts, [test_records[i].get("envelope") for i in rows]))
     for omega in omegas:
@@ -140,8 +145,8 @@ def check_teacher(pipe, data: str, omegas: list[float], per_prompt: bool = False
 
 def describe(clip, prompt: str) -> dict:
     """The evaluator's verdict on one sample and the measurements behind the attributes a prompt can name."""
-    matched, measured = score(clip, prompt)
     m = measure(clip)
+    matched, measured = score_measured(m, prompt)
     keys = ("pitch_jitter", "centroid_hz", "pulsed_fraction", "pulse_rate_hz", "fade_db", "trend_oct")
     return {"prompt": prompt, "matched": matched, "measured": measured, **{k: round(float(m[k]), 2) for k in keys}}
 
