@@ -10,9 +10,11 @@ always starts from the noise of seed i, so every row sees the same prompts and t
      on the evaluator's 24-number feature vector, and wall time against the teacher's (same process, same batches;
      sampling alone and with the VAE decode). Reference rows: the real clips themselves, another draw of real clips
      of the same classes (the Fréchet distance's noise floor), and the VAE's reconstructions (its ceiling).
-  2. content preservation (Table 7): the log-mel distance (dB) between the 1-step and the 16-step result from the
-     same noise for γ = 0, 0.2, 0.5, 1; beside it the distance between two unrelated real clips of the same class,
-     and between real clips and their VAE reconstructions.
+  2. content preservation (Table 7): the distance between the 1-step and the 16-step result from the same noise
+     for γ = 0, 0.2, 0.5, 1, by two measures: the log-mel distance (dB, `evaluate.content_distance`) and the cosine
+     distance of the VAE encoder's latents (`train_vae.latent_distance`, in the place of the paper's CLAP-LPAPS);
+     beside them the 1-step result from another seed's noise, two unrelated real clips of the same class, and real
+     clips against their VAE reconstructions.
   3. ν at 8 steps (Figure 5): ν = 1, 2, 5.
 
     python benchmarks/bench_quality.py --data runs/procedural/data              # the bundled student and teacher
@@ -44,7 +46,7 @@ from recipes.procedural.evaluate import (  # noqa: E402
 )
 from recipes.procedural.make_data import read_split  # noqa: E402
 from recipes.procedural.sounds import all_classes, class_name, synthesize  # noqa: E402
-from recipes.procedural.train_vae import reconstruct  # noqa: E402
+from recipes.procedural.train_vae import latent_distance, reconstruct  # noqa: E402
 
 from soundctm import SoundCTMPipeline  # noqa: E402
 
@@ -79,6 +81,10 @@ def quality(clips, prompts, real_features) -> dict:
         "attributes": attribute_accuracy(clips, prompts),
         "frechet": frechet_distance(np.stack([features(c) for c in clips]), real_features),
     }
+
+
+def mean_std(values) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values))
 
 
 def per_source_accuracy(clips, records) -> dict:
@@ -150,18 +156,17 @@ def main(argv=None):
     results["generation"] = rows
     results["per_source_accuracy"] = sources
 
-    # Content preservation: 1 step vs 16 steps from the same noise.
-    preservation = {}
+    # Content preservation: 1 step vs 16 steps from the same noise, by two distances (log-mel dB, VAE-latent cosine).
+    pairs = {}
     for gamma in GAMMAS:
         refined = student_clips[16] if gamma == 0 else sample(student, prompts, args.batch_size, num_inference_steps=16,
                                                                guidance_scale=args.omega, gamma=gamma)[0]  # fmt: skip
-        d = [content_distance(a, b) for a, b in zip(student_clips[1], refined)]
-        preservation[f"γ = {gamma:g}"] = (float(np.mean(d)), float(np.std(d)))
-    d = [content_distance(a, b) for a, b in zip(real, other_draw)]
-    preservation["two unrelated real clips of the same class"] = (float(np.mean(d)), float(np.std(d)))
-    d = [content_distance(a, b) for a, b in zip(real, recon)]
-    preservation["real clip vs its VAE reconstruction"] = (float(np.mean(d)), float(np.std(d)))
-    results["content_preservation_db"] = preservation
+        pairs[f"γ = {gamma:g}"] = (student_clips[1], refined)
+    pairs["1-step results of neighbouring prompts (other noise)"] = (student_clips[1], student_clips[1][1:] + student_clips[1][:1])
+    pairs["two unrelated real clips of the same class"] = (real, other_draw)
+    pairs["real clip vs its VAE reconstruction"] = (real, recon)
+    results["content_preservation_db"] = {n: mean_std([content_distance(a, b) for a, b in zip(*p)]) for n, p in pairs.items()}
+    results["content_preservation_latent"] = {n: mean_std(latent_distance(student.vae, *p)) for n, p in pairs.items()}
 
     nu_rows = {}
     for nu in NUS:
@@ -191,22 +196,27 @@ def markdown(results: dict, teacher_row: str) -> str:
         ratio_d = f"{row['time_ratio_with_decode']:.3f}" if "time_ratio" in row else "–"
         lines.append(f"| {name} | {100 * row['accuracy']:.1f} % | {100 * row['attributes']:.1f} % | {row['frechet']:.2f} | {ratio} | {ratio_d} |")
     one, sixteen = rows["student, 1 step (γ 0, ν 1)"]["accuracy"], rows["student, 16 steps (γ 0, ν 1)"]["accuracy"]
-    pres = results["content_preservation_db"]
+    pres, latent = results["content_preservation_db"], results["content_preservation_latent"]
+
+    def half(table):
+        return f"{table['γ = 0'][0]:.2f} vs {table['γ = 1'][0]:.2f} ({'met' if table['γ = 0'][0] <= 0.5 * table['γ = 1'][0] else 'missed'})"
+
     lines += [
         "",
         "Targets: student 1-step accuracy ≥ 90 % of the teacher's: "
         f"{100 * one / max(teacher_acc, 1e-9):.0f} % ({'met' if one >= 0.9 * teacher_acc else 'missed'}); "
         f"16 steps ≥ the teacher's: {100 * sixteen:.1f} % vs {100 * teacher_acc:.1f} % "
         f"({'met' if sixteen >= teacher_acc else 'missed'}); γ = 0's 1-vs-16 distance ≤ half of γ = 1's: "
-        f"{pres['γ = 0'][0]:.2f} vs {pres['γ = 1'][0]:.2f} dB ({'met' if pres['γ = 0'][0] <= 0.5 * pres['γ = 1'][0] else 'missed'}).",
+        f"log-mel {half(pres)}, VAE latent {half(latent)}.",
         "",
-        "Content preservation: log-mel distance (dB, mean ± std over prompts) between the 1-step and the 16-step "
-        "result from the same noise",
+        "Content preservation (Table 7): distance between the 1-step and the 16-step result from the same noise "
+        "(mean ± std over prompts): log-mel (dB, top 40 dB) and the cosine distance of the VAE encoder's latents "
+        "(0 = same, ~1 = unrelated)",
         "",
-        "| | distance ↓ |",
-        "|---|---|",
+        "| | log-mel distance (dB) ↓ | VAE-latent distance ↓ |",
+        "|---|---|---|",
     ]
-    lines += [f"| {name} | {m:.2f} ± {s:.2f} |" for name, (m, s) in pres.items()]
+    lines += [f"| {name} | {m:.2f} ± {s:.2f} | {latent[name][0]:.3f} ± {latent[name][1]:.3f} |" for name, (m, s) in pres.items()]
     lines += ["", "ν at 8 steps (γ 0)", "", "| | prompt adherence ↑ | attributes matched ↑ | Fréchet distance ↓ |", "|---|---|---|---|"]
     lines += [f"| {n} | {100 * r['accuracy']:.1f} % | {100 * r['attributes']:.1f} % | {r['frechet']:.2f} |" for n, r in results["nu_8_steps"].items()]
     src = results["per_source_accuracy"]

@@ -101,3 +101,15 @@ def test_linear_start_names_the_block_that_lacks_channels():
     vae = AutoencoderGaussianDAC(encoder_dim=1, encoder_rates=[4, 4], latent_dim=8, decoder_dim=16, decoder_rates=[4, 4])
     with pytest.raises(ValueError, match="encoder block 0 needs 4 channels"):
         train_vae.linear_start(vae, np.zeros((8, 32)))
+
+
+def test_latent_distance_is_zero_for_the_same_sound_and_near_one_for_unrelated_noise():
+    vae = tiny_vae()
+    rng = np.random.default_rng(0)
+    clips = [0.3 * rng.standard_normal(8192).astype(np.float32) for _ in range(3)]
+    same = train_vae.latent_distance(vae, clips, clips)
+    assert np.allclose(same, 0.0, atol=1e-5)
+    louder = train_vae.latent_distance(vae, clips, [0.9 * c for c in clips])  # the same sound a little quieter
+    unrelated = train_vae.latent_distance(vae, clips, clips[1:] + clips[:1])
+    assert max(louder) < 0.1
+    assert min(unrelated) > 0.5
