@@ -49,6 +49,25 @@ def test_student_is_the_teacher_plus_inputs_with_no_new_parameters():
         teacher(**student_inputs(teacher))
 
 
+def test_sinusoidal_positions_are_one_trained_scale_on_an_additive_sinusoid(tmp_path):
+    plain = tiny_transformer(16, is_student=False, seed=3)
+    with_positions = SoundCTMDiTModel.from_config(plain.config, sinusoidal_position_embedding=True)
+    missing, unexpected = with_positions.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["position_embedding.scale"] and not unexpected
+    x = inputs(plain)
+    assert not torch.allclose(with_positions(**x).sample, plain(**x).sample)
+    with torch.no_grad():
+        with_positions.position_embedding.scale.zero_()
+    torch.testing.assert_close(with_positions(**x).sample, plain(**x).sample)
+    # a student initialised from such a teacher keeps the positions, and the folder round-trips
+    student = SoundCTMDiTModel.from_config(with_positions.config, is_student=True)
+    student.load_state_dict(with_positions.state_dict(), strict=True)
+    with_positions.save_pretrained(tmp_path)
+    loaded = SoundCTMDiTModel.from_pretrained(tmp_path)
+    assert loaded.config.sinusoidal_position_embedding
+    torch.testing.assert_close(loaded(**x).sample, with_positions(**x).sample)
+
+
 def test_omega_embedding_is_the_authors_sinusoid():
     w = torch.tensor([1.0, 5.5])
     dim = 12

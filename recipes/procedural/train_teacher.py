@@ -164,6 +164,8 @@ def main(argv=None):
     parser.add_argument("--p-mean", type=float, default=P_MEAN, help="mean of ln σ in training (EDM: -1.2)")
     parser.add_argument("--context-init", choices=["whiten", "default"], default="whiten",
                         help="start of the conditioning MLP: whitened captions (init_context_embedding) or PyTorch's default")
+    parser.add_argument("--sinusoidal-positions", action=argparse.BooleanOptionalAction, default=False,
+                        help="add absolute sinusoidal positions to the tokens (SoundCTMDiTModel's sinusoidal_position_embedding)")
     parser.add_argument("--eval-omegas", default="5", help="CFG scales ω for the closing check, comma-separated")
     parser.add_argument("--latent-cache", default=None, help="folder for the training clips' posteriors (distill/latent_cache.py)")
     add_run_arguments(parser, max_minutes=45.0)
@@ -179,7 +181,8 @@ def main(argv=None):
     del audio, posteriors
     print(f"encoded {len(records)} clips to latents {tuple(mean.shape[1:])} in {time.time() - start:.0f} s", flush=True)
 
-    transformer = SoundCTMDiTModel(in_channels=mean.shape[1], sample_size=mean.shape[2], **TEACHER_CONFIG)
+    transformer = SoundCTMDiTModel(in_channels=mean.shape[1], sample_size=mean.shape[2], **TEACHER_CONFIG,
+                                   sinusoidal_position_embedding=args.sinusoidal_positions)
     scheduler = EDMHeunScheduler(sigma_data=vae.config.scaling_factor)
     pipe = demo_pipeline(vae, transformer, scheduler)
     captions = [r["caption"] for r in records]
