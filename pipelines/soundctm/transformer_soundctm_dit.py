@@ -6,7 +6,8 @@ one global token [emb(t) + emb(s) + emb(ω)] prepended (→ optional absolute si
 authors' models) → pre-norm blocks (self-attention with partial rotary positions, cross-attention to the
 conditioning tokens, SwiGLU feed-forward) → `proj_out` → global token dropped → zero-initialised 1×1 post-conv
 (residual). t and s share the Fourier features and the MLP; ω enters as a parameter-free sinusoidal embedding of
-1000·ω. The teacher (`is_student=False`) takes only t; the student adds no parameters, so it is initialised from the teacher's weights by `load_state_dict`.
+1000·ω. The teacher (`is_student=False`) takes only t; the student adds no parameters, so it is initialised from
+the teacher's weights by `load_state_dict`.
 
 Parameter names of the authors' `CTMDiffusionTransformer` map onto this class by `AUTHORS_KEY_RENAMES`
 (applied by `convert_authors_state_dict`), a strict one-to-one renaming.
