@@ -251,9 +251,9 @@ class SoundCTMDiTModel(ModelMixin, ConfigMixin):
         is_student (`bool`, defaults to True): the CTM student takes the jump target s and the teacher's CFG scale ω;
             the teacher (`False`) takes only t.
         sinusoidal_position_embedding (`bool`, defaults to False): also add absolute sinusoidal positions (with a
-            trained scale) to the tokens, stable-audio-tools' `use_sinusoidal_emb`. The authors' models leave it off
-            (rotary positions only); the small procedural teacher turns it on, since with one pooled caption token and
-            two blocks it otherwise has no way to know where in the clip a frame is (a fade needs that).
+            trained scale) to the tokens, stable-audio-tools' `use_sinusoidal_emb`. Off in the authors' models
+            (rotary positions only) and in the bundled demo teacher; `train_teacher --sinusoidal-positions` tries it
+            (recipes/procedural/README.md has what it measured).
     """
 
     _supports_gradient_checkpointing = True
