@@ -46,7 +46,7 @@ from recipes.procedural.evaluate import (  # noqa: E402
 )
 from recipes.procedural.make_data import read_split  # noqa: E402
 from recipes.procedural.sounds import all_classes, class_name, synthesize  # noqa: E402
-from recipes.procedural.train_vae import latent_distance, reconstruct  # noqa: E402
+from recipes.procedural.train_vae import encode_latents, latent_distance, reconstruct  # noqa: E402
 
 from soundctm import SoundCTMPipeline  # noqa: E402
 
@@ -166,7 +166,16 @@ def main(argv=None):
     pairs["two unrelated real clips of the same class"] = (real, other_draw)
     pairs["real clip vs its VAE reconstruction"] = (real, recon)
     results["content_preservation_db"] = {n: mean_std([content_distance(a, b) for a, b in zip(*p)]) for n, p in pairs.items()}
-    results["content_preservation_latent"] = {n: mean_std(latent_distance(student.vae, *p)) for n, p in pairs.items()}
+    encoded = {}  # each clip list is encoded once, though several pairs share it
+
+    def encode_once(vae, clips):
+        if id(clips) not in encoded:
+            encoded[id(clips)] = encode_latents(vae, clips)
+        return encoded[id(clips)]
+
+    results["content_preservation_latent"] = {
+        n: mean_std(latent_distance(student.vae, *p, encode=encode_once)) for n, p in pairs.items()
+    }
 
     nu_rows = {}
     for nu in NUS:

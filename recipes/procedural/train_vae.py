@@ -302,16 +302,19 @@ def encode_posteriors(vae, audio_int16: np.ndarray, batch_size: int = 8) -> tupl
 
 
 @torch.no_grad()
-def latent_distance(vae, clips_a: list[np.ndarray], clips_b: list[np.ndarray]) -> list[float]:
+def encode_latents(vae, clips: list[np.ndarray]) -> torch.Tensor:
+    """Standardised posterior means of float clips, flattened: (clips, latent_dim · frames)."""
+    audio = np.stack([np.clip(c, -1, 1) for c in clips]) * 32767.0
+    return vae.standardize(encode_posteriors(vae, audio.astype(np.int16))[0]).flatten(1)
+
+
+def latent_distance(vae, clips_a: list[np.ndarray], clips_b: list[np.ndarray], encode=encode_latents) -> list[float]:
     """Cosine distance (1 − cosine similarity) between the standardised posterior means of clip pairs: 0 for the
     same sound, about 1 for two unrelated ones. A feature distance in the spirit of the paper's CLAP-LPAPS (the
     encoder is the only learned audio network the recipe has): it compares what the decoder is asked to render, so
-    two renderings of the same noise-like content count as close, which a spectrogram distance cannot see."""
-    def encode(clips):
-        audio = np.stack([np.clip(c, -1, 1) for c in clips]) * 32767.0
-        return vae.standardize(encode_posteriors(vae, audio.astype(np.int16))[0]).flatten(1)
-
-    a, b = encode(clips_a), encode(clips_b)
+    two renderings of the same noise-like content count as close, which a spectrogram distance cannot see.
+    `encode(vae, clips)` may be a caching stand-in for `encode_latents`."""
+    a, b = encode(vae, clips_a), encode(vae, clips_b)
     return (1 - torch.nn.functional.cosine_similarity(a, b, dim=1)).tolist()
 
 
