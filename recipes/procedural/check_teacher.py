@@ -1,5 +1,6 @@
 """Re-run train_teacher.py's closing check on a saved teacher pipeline folder (the bundled one, or a stage-3 output):
-how much its denoiser uses the captions, and how well its Heun-40 samples follow held-out prompts.
+how much its denoiser uses the captions, whether Heun samples of the prompts that name a fade do fade, and how well
+its Heun-40 samples follow held-out prompts.
 
     python -m recipes.procedural.check_teacher --teacher assets/soundctm-demo/teacher --data runs/procedural/data --per-prompt
 """

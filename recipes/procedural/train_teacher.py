@@ -75,6 +75,26 @@ def init_context_embedding(transformer: SoundCTMDiTModel, embeddings: torch.Tens
     return {"context_components": k, "context_std_over_captions": round(transformer.context_embedding(embeddings).std(0).mean().item(), 3)}
 
 
+def edm_loss(transformer: SoundCTMDiTModel, z0: torch.Tensor, cond: torch.Tensor, sigma_data: float,
+             p_mean: float = P_MEAN, p_std: float = P_STD) -> torch.Tensor:
+    """EDM's denoising loss (Karras et al. 2022): ln σ ~ N(p_mean, p_std²), preconditioned network, weight
+    λ(σ) = 1 / c_out(σ)², so that every noise level's target F has unit scale. `cond`: (batch, tokens, width)."""
+    sigma = torch.exp(p_mean + p_std * torch.randn(len(z0)))[:, None, None]
+    z_sigma = z0 + sigma * torch.randn_like(z0)
+    c_in = 1 / torch.sqrt(sigma**2 + sigma_data**2)
+    c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
+    c_out = sigma * sigma_data / torch.sqrt(sigma**2 + sigma_data**2)
+    F = transformer(c_in * z_sigma, timestep=torch.log(sigma.flatten()) / 4, encoder_hidden_states=cond).sample
+    return ((c_skip * z_sigma + c_out * F - z0) ** 2 / c_out**2).mean()
+
+
+def envelope_noise(latents: torch.Tensor) -> torch.Tensor:
+    """Gaussian noise with each latent's per-frame power (its mean square over the channels): the same envelope,
+    none of the content. A teacher trained on it shows whether the network learns fades when nothing but the
+    envelope is there to learn (recipes/procedural/README.md, teacher experiments)."""
+    return torch.randn_like(latents) * latents.pow(2).mean(1, keepdim=True).sqrt()
+
+
 def _denoiser(pipe) -> SoundCTMTeacher:
     """The pipeline's transformer as distill/'s EDM denoiser D(z, σ, c), with the pipeline's σ_d."""
     return SoundCTMTeacher(pipe.transformer, CTMScheduler(sigma_data=pipe.scheduler.config.sigma_data))
@@ -187,6 +207,9 @@ def main(argv=None):
                         help="add absolute sinusoidal positions to the tokens (SoundCTMDiTModel's sinusoidal_position_embedding)")
     parser.add_argument("--position-scale", type=float, default=None,
                         help="start value of the sinusoidal positions' trained scale (default: width^-0.5, as stable-audio-tools)")
+    parser.add_argument("--envelope-noise-latents", action="store_true",
+                        help="diagnostic: train on Gaussian noise with each latent's per-frame power instead of the "
+                             "latent (keeps where in the clip the sound is, drops what it is; see envelope_noise)")
     parser.add_argument("--eval-omegas", default="5", help="CFG scales ω for the closing check, comma-separated")
     parser.add_argument("--latent-cache", default=None, help="folder for the training clips' posteriors (distill/latent_cache.py)")
     add_run_arguments(parser, max_minutes=45.0)
@@ -234,17 +257,11 @@ def main(argv=None):
             group["lr"] = args.lr * min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * done))
         index = torch.from_numpy(rng.integers(0, len(records), args.batch_size))
         z0 = vae.standardize(mean[index] + std[index] * torch.randn_like(mean[index]))
+        if args.envelope_noise_latents:
+            z0 = envelope_noise(z0)
         cond = text[index].clone()
         cond[torch.from_numpy(rng.random(args.batch_size) < args.p_uncond)] = empty
-        sigma = torch.exp(args.p_mean + P_STD * torch.randn(args.batch_size))[:, None, None]
-        z_sigma = z0 + sigma * torch.randn_like(z0)
-        c_in = 1 / torch.sqrt(sigma**2 + sigma_data**2)
-        c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
-        c_out = sigma * sigma_data / torch.sqrt(sigma**2 + sigma_data**2)
-        F = transformer(c_in * z_sigma, timestep=torch.log(sigma.flatten()) / 4, encoder_hidden_states=cond[:, None]).sample
-        denoised = c_skip * z_sigma + c_out * F
-        weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
-        loss = (weight * (denoised - z0) ** 2).mean()
+        loss = edm_loss(transformer, z0, cond[:, None], sigma_data, p_mean=args.p_mean)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
