@@ -92,8 +92,10 @@ def test_envelope_check_reads_the_fade_of_real_latents_and_reports_only_the_enve
         report = envelope_check(pipe, latents, captions, envelopes, samples_per_prompt=2, num_inference_steps=4)
         only_in = envelope_check(pipe, latents[:1], captions[:1], envelopes[:1], samples_per_prompt=2, num_inference_steps=4)
     assert report["real_fade_in_db"] > 20 and report["real_fade_out_db"] < -20
-    assert set(report) == {"samples_fade_in_db", "real_fade_in_db", "samples_fade_out_db", "real_fade_out_db"}
-    assert set(only_in) == {"samples_fade_in_db", "real_fade_in_db"}
+    level = "samples_vs_real_level_db"
+    assert set(report) == {"samples_fade_in_db", "real_fade_in_db", "samples_fade_out_db", "real_fade_out_db", level}
+    assert set(only_in) == {"samples_fade_in_db", "real_fade_in_db", level}
+    assert envelope_check(pipe, latents[2:], captions[2:], envelopes[2:]) == {}  # no fade named: nothing sampled
     assert abs(report["samples_fade_in_db"]) < 3  # an untrained network has no reason to fade
 
 

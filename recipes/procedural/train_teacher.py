@@ -126,10 +126,11 @@ def envelope_check(pipe, latents: torch.Tensor, captions: list[str], envelopes: 
                    guidance_scale: float = 5.0, samples_per_prompt: int = 4, num_inference_steps: int = 40) -> dict:
     """Do the teacher's samples fade where their captions say so? For each caption that names a fade, the level change
     (`level_change_db`) of Heun latent samples (seeds 0 … `samples_per_prompt` − 1 per caption) and of the real clip's
-    latent z_0, averaged per envelope. Measured on samples, not on one denoiser output from pure noise: the demo's
-    latents average to ~0 over the clips of a class, so a fade lives in the frames' variance, not in their mean, and
-    only the sampler shows whether the network gives quiet frames less of it (recipes/procedural/README.md)."""
-    report = {}
+    latent z_0, averaged per envelope; and the samples' overall level against the real clips' (dB). Measured on
+    samples, not on one denoiser output from pure noise: the demo's latents average to ~0 over the clips of a class,
+    so a fade lives in the frames' variance, not in their mean, and only the sampler shows whether the network gives
+    quiet frames less of it (recipes/procedural/README.md)."""
+    report, sample_power, real_power = {}, [], []
     real = level_change_db(latents)
     for envelope in ("fade_in", "fade_out"):
         rows = [i for i, e in enumerate(envelopes) if e == envelope]
@@ -139,8 +140,13 @@ def envelope_check(pipe, latents: torch.Tensor, captions: list[str], envelopes: 
         noise = seeded_noise(pipe, [seed for _ in rows for seed in range(samples_per_prompt)])
         samples = pipe(prompts, latents=noise, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                        output_type="latent").audios
-        report[f"samples_{envelope}_db"] = round(level_change_db(torch.as_tensor(samples)).mean().item(), 1)
+        samples = torch.as_tensor(samples).float()
+        report[f"samples_{envelope}_db"] = round(level_change_db(samples).mean().item(), 1)
         report[f"real_{envelope}_db"] = round(real[rows].mean().item(), 1)
+        sample_power.append(samples.pow(2).mean())
+        real_power.append(latents[rows].float().pow(2).mean())
+    if sample_power:  # CFG can push samples past the data's level; 0 dB = as loud (in latent space) as the real clips
+        report["samples_vs_real_level_db"] = round(10 * math.log10(sum(sample_power) / sum(real_power)), 1)
     return report
 
 
