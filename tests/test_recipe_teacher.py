@@ -14,6 +14,7 @@ from recipes.procedural.train_teacher import (
     envelope_check,
     envelope_noise,
     init_context_embedding,
+    teacher_denoiser,
 )
 
 
@@ -107,13 +108,13 @@ def test_the_dit_learns_a_caption_selected_fade_from_latents_whose_class_mean_is
     torch.manual_seed(0)
     pipe = tiny_pipeline(student=False, text_embedding="mean")
     pipe.set_progress_bar_config(disable=True)
-    transformer, sigma_data = pipe.transformer, pipe.scheduler.config.sigma_data
+    transformer, denoiser = pipe.transformer, teacher_denoiser(pipe)
     latents, captions, envelopes = fading_latents(3 * 64)
     text = pipe.encode_text(captions, torch.device("cpu"))
     optimizer = torch.optim.Adam(transformer.parameters(), lr=3e-3)
     for _ in range(600):
         index = torch.randint(0, len(latents), (32,))
-        loss = edm_loss(transformer, latents[index], text[index], sigma_data, p_mean=-0.6)
+        loss = edm_loss(denoiser, latents[index], text[index], p_mean=-0.6)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -75,17 +75,14 @@ def init_context_embedding(transformer: SoundCTMDiTModel, embeddings: torch.Tens
     return {"context_components": k, "context_std_over_captions": round(transformer.context_embedding(embeddings).std(0).mean().item(), 3)}
 
 
-def edm_loss(transformer: SoundCTMDiTModel, z0: torch.Tensor, cond: torch.Tensor, sigma_data: float,
-             p_mean: float = P_MEAN, p_std: float = P_STD) -> torch.Tensor:
-    """EDM's denoising loss (Karras et al. 2022): ln σ ~ N(p_mean, p_std²), preconditioned network, weight
+def edm_loss(denoiser: SoundCTMTeacher, z0: torch.Tensor, cond: torch.Tensor, p_mean: float = P_MEAN,
+             p_std: float = P_STD) -> torch.Tensor:
+    """EDM's denoising loss (Karras et al. 2022) of a teacher denoiser (`teacher_denoiser`): ln σ ~ N(p_mean, p_std²), weight
     λ(σ) = 1 / c_out(σ)², so that every noise level's target F has unit scale. `cond`: (batch, tokens, width)."""
-    sigma = torch.exp(p_mean + p_std * torch.randn(len(z0)))[:, None, None]
-    z_sigma = z0 + sigma * torch.randn_like(z0)
-    c_in = 1 / torch.sqrt(sigma**2 + sigma_data**2)
-    c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
-    c_out = sigma * sigma_data / torch.sqrt(sigma**2 + sigma_data**2)
-    F = transformer(c_in * z_sigma, timestep=torch.log(sigma.flatten()) / 4, encoder_hidden_states=cond).sample
-    return ((c_skip * z_sigma + c_out * F - z0) ** 2 / c_out**2).mean()
+    sigma = torch.exp(p_mean + p_std * torch.randn(len(z0)))
+    z_sigma = z0 + sigma[:, None, None] * torch.randn_like(z0)
+    weight = 1 / denoiser.scheduler.c_out(sigma)[:, None, None] ** 2
+    return (weight * (denoiser.denoise(z_sigma, sigma, cond) - z0) ** 2).mean()
 
 
 def envelope_noise(latents: torch.Tensor) -> torch.Tensor:
@@ -95,7 +92,7 @@ def envelope_noise(latents: torch.Tensor) -> torch.Tensor:
     return torch.randn_like(latents) * latents.pow(2).mean(1, keepdim=True).sqrt()
 
 
-def _denoiser(pipe) -> SoundCTMTeacher:
+def teacher_denoiser(pipe) -> SoundCTMTeacher:
     """The pipeline's transformer as distill/'s EDM denoiser D(z, σ, c), with the pipeline's σ_d."""
     return SoundCTMTeacher(pipe.transformer, CTMScheduler(sigma_data=pipe.scheduler.config.sigma_data))
 
@@ -104,7 +101,7 @@ def _denoiser(pipe) -> SoundCTMTeacher:
 def conditioning_check(pipe, latents: torch.Tensor, captions: list[str], sigma: float = 1.0, seed: int = 0) -> dict:
     """Relative denoising error ‖D(z_σ, c) − z_0‖² / ‖z_0‖² of held-out clips at one σ with their own captions and
     with the captions rolled by one (another class): how much the network uses the text."""
-    teacher = _denoiser(pipe)
+    teacher = teacher_denoiser(pipe)
     z_sigma = latents + sigma * torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
     sigmas = torch.full((len(latents),), sigma)
     text = pipe.encode_text(captions, torch.device("cpu"))
@@ -244,7 +241,7 @@ def main(argv=None):
         context_report = init_context_embedding(transformer, pipe.encode_text(sorted(set(captions)), torch.device("cpu"))[:, 0])
         print(f"conditioning path: {context_report}", flush=True)
 
-    sigma_data = vae.config.scaling_factor
+    denoiser = teacher_denoiser(pipe)  # σ_d = the VAE's scaling factor, as the pipeline's scheduler
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=0.0)
     # Cosine decay over whichever ends first, --steps or --max-minutes (counted from the start, encoding included), so
     # that a run cut by the clock still anneals.
@@ -267,7 +264,7 @@ def main(argv=None):
             z0 = envelope_noise(z0)
         cond = text[index].clone()
         cond[torch.from_numpy(rng.random(args.batch_size) < args.p_uncond)] = empty
-        loss = edm_loss(transformer, z0, cond[:, None], sigma_data, p_mean=args.p_mean)
+        loss = edm_loss(denoiser, z0, cond[:, None], p_mean=args.p_mean)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
