@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from tiny_models import tiny_pipeline, tiny_transformer
 
-from recipes.procedural.probe_latent_levels import latent_levels
+from recipes.procedural.probe_latent_levels import denoiser_levels, latent_levels, sampling_levels
 from recipes.procedural.sounds import synthesize
 from recipes.procedural.train_teacher import (
     conditioning_check,
@@ -123,6 +123,12 @@ def test_the_dit_learns_a_caption_selected_fade_from_latents_whose_class_mean_is
         report = envelope_check(pipe, latents[:3], captions[:3], envelopes[:3], guidance_scale=1.0, samples_per_prompt=8,
                                 num_inference_steps=18)  # fmt: skip
     assert report["samples_fade_in_db"] > 10 and report["samples_fade_out_db"] < -10
+    # ... because at the noise level where the sound shows through, the denoiser already gives later frames more
+    levels = denoiser_levels(denoiser, latents, text, envelopes, sigmas=(1.0,), parts=4, clips_per_envelope=16)
+    fade_in, fade_out = levels["fade_in"]["sigma_1"], levels["fade_out"]["sigma_1"]
+    assert fade_in == sorted(fade_in) and fade_in[-1] > 20 * fade_in[0]
+    assert fade_out == sorted(fade_out, reverse=True) and fade_out[0] > 20 * fade_out[-1]
+    assert levels["steady"]["data"][0] > 0.1 and levels["fade_in"]["clips"] == 16
 
 
 def test_latent_levels_finds_a_fade_in_the_variance_when_the_class_mean_is_zero():
@@ -143,3 +149,28 @@ def test_envelope_noise_keeps_each_frames_level_and_drops_the_content():
     torch.testing.assert_close(level(noise), level(latents), rtol=0.15, atol=0)
     correlation = (noise * latents).sum() / (noise.norm() * latents.norm())
     assert abs(correlation.item()) < 0.05
+
+
+class _WienerDenoiser:
+    """The exact denoiser of zero-mean Gaussian latents with per-frame variance v: D(x, σ) = v / (v + σ²) · x."""
+
+    def __init__(self, variance):
+        self.variance = variance
+
+    def denoise(self, x, sigma, cond):
+        return x * self.variance / (self.variance + sigma[:, None, None] ** 2)
+
+
+def test_sampling_levels_solves_the_flow_ode_to_the_data_variance_per_frame():
+    from soundctm import EDMHeunScheduler
+
+    variance = torch.logspace(-3, 0, 16)  # a 30 dB fade-in over 16 frames
+    noise = torch.randn(64, 8, 16, generator=torch.Generator().manual_seed(0))
+    grid = EDMHeunScheduler().karras_sigmas(40).tolist() + [0.0]
+    report = sampling_levels(_WienerDenoiser(variance), {"fade_in": torch.zeros(1, 1, 4)}, noise, grid, parts=4)
+    final = torch.tensor(report["fade_in"]["final"])
+    expected = torch.stack([part.mean() for part in variance.tensor_split(4)])
+    assert torch.allclose(final, expected, rtol=0.2, atol=2e-3), (final, expected)
+    assert list(report["fade_in"]) == ["sigma_16.8", "sigma_8.03", "sigma_4.37", "sigma_2.24", "sigma_1.07", "sigma_0.47", "final"]
+    at_one = report["fade_in"]["sigma_1.07"]
+    assert at_one == sorted(at_one) and at_one[-1] > 10 * at_one[0]  # D already shapes the fade on the way

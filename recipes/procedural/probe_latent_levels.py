@@ -1,7 +1,7 @@
 """Diagnostic for stage 3: where does a fade live in the demo VAE's latents, in their mean or in their variance?
 
     python -m recipes.procedural.probe_latent_levels --data runs/procedural/data --vae runs/procedural/vae_lin0 \\
-        --latent-cache runs/procedural/latent_cache
+        --latent-cache runs/procedural/latent_cache [--teacher runs/procedural/teacher]
 
 For each envelope of the training split, prints the latents' power (standardised posterior means, averaged over
 channels and clips) in each eighth of the frames, and the share of that power the class mean carries (the power of
@@ -9,16 +9,24 @@ the mean latent of each class over the mean power of its latents, averaged over 
 class has the same latent, 0 = they average to nothing). With a share near 0, a denoiser's output from pure noise
 is near 0 for every caption, and a fade can only come from the sampler: the network has to give the quiet frames less
 of the noise it keeps, by their position. tests/test_recipe_teacher.py checks that the DiT can learn that.
+
+With --teacher (a teacher pipeline folder; its VAE is used), also the power per eighth of the teacher's denoised
+output D(z_0 + σ·n, σ, caption) for the same clips at several σ (`denoiser_levels`): where a teacher keeps the fade
+of its input and where it makes every frame alike. The noise levels that decide a sample's envelope are those at which
+the sound first shows through the noise (σ ≈ 2-8 here); a teacher that is flat there makes steady samples.
+Then the same on the teacher's own sampling path (`sampling_levels`): D along an Euler solve of the probability-flow
+ODE from pure noise (no CFG), for one caption of each envelope — which is where a sample's fade has to come from.
 """
 
 import argparse
+import math
 
 import numpy as np
 import torch
 
-from soundctm import AutoencoderGaussianDAC
+from soundctm import AutoencoderGaussianDAC, SoundCTMPipeline
 
-from .train_teacher import training_posteriors
+from .train_teacher import teacher_denoiser, training_posteriors
 
 
 @torch.no_grad()
@@ -40,21 +48,95 @@ def latent_levels(latents: torch.Tensor, labels: list[str], envelopes: list[str 
     return report
 
 
+@torch.no_grad()
+def denoiser_levels(denoiser, latents: torch.Tensor, text: torch.Tensor, envelopes: list[str | None],
+                    sigmas=(1.0, 2.0, 4.0, 8.0), parts: int = 8, clips_per_envelope: int = 24, seed: int = 0) -> dict:
+    """Per envelope and σ: the power in each of `parts` spans of the frames of D(z_0 + σ·n, σ, c) (`denoiser`: a
+    `teacher_denoiser`; `text`: the clips' conditioning, (clips, tokens, width)), over the first
+    `clips_per_envelope` clips of each envelope, with the same noise draw for every envelope; beside z_0's."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = {sigma: torch.randn((clips_per_envelope, *latents.shape[1:]), generator=generator) for sigma in sigmas}
+    report = {}
+    for envelope in sorted({e for e in envelopes if e is not None}):
+        rows = [i for i, e in enumerate(envelopes) if e == envelope][:clips_per_envelope]
+        z0 = latents[rows]
+
+        def per_part(z):
+            return [round(part.mean().item(), 3) for part in z.pow(2).mean((0, 1)).tensor_split(parts)]
+
+        report[envelope] = {"clips": len(rows), "data": per_part(z0)}
+        for sigma in sigmas:
+            z_sigma = z0 + sigma * noise[sigma][: len(rows)]
+            report[envelope][f"sigma_{sigma:g}"] = per_part(denoiser.denoise(z_sigma, torch.full((len(rows),), sigma), text[rows]))
+    return report
+
+
+@torch.no_grad()
+def sampling_levels(denoiser, text: dict, noise: torch.Tensor, sigmas, report_sigmas=(16.0, 8.0, 4.0, 2.0, 1.0, 0.5),
+                    parts: int = 8) -> dict:
+    """Per caption (`text`: name → (1, tokens, width) conditioning) the power in each of `parts` spans of the frames of
+    D(x_σ, σ, c) along an Euler solve of the probability-flow ODE, x ← D + (x − D)·σ_next/σ, from `noise`·σ_0 over the
+    decreasing grid `sigmas` (ending at 0), at the grid points nearest to `report_sigmas`; "final": the solution's."""
+    sigmas = [float(v) for v in sigmas]
+    report_at = {min(range(len(sigmas) - 1), key=lambda i: abs(math.log(sigmas[i] / r))) for r in report_sigmas}
+
+    def per_part(z):
+        return [round(part.mean().item(), 3) for part in z.pow(2).mean((0, 1)).tensor_split(parts)]
+
+    report = {}
+    for name, cond in text.items():
+        x, rows = noise * sigmas[0], {}
+        for i in range(len(sigmas) - 1):
+            d = denoiser.denoise(x, torch.full((len(x),), sigmas[i]), cond.expand(len(x), *cond.shape[1:]))
+            if i in report_at:
+                rows[f"sigma_{sigmas[i]:.3g}"] = per_part(d)
+            x = d + (x - d) * (sigmas[i + 1] / sigmas[i])
+        report[name] = {**rows, "final": per_part(x)}
+    return report
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="the recipe's data folder (its train split is read)")
-    parser.add_argument("--vae", required=True, help="VAE folder from train_vae.py")
+    parser.add_argument("--vae", default=None, help="VAE folder from train_vae.py (default: the --teacher's)")
+    parser.add_argument("--teacher", default=None, help="teacher pipeline folder: also print its denoiser's levels")
     parser.add_argument("--latent-cache", default=None, help="train_teacher.py's --latent-cache folder, to reuse it")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    vae = AutoencoderGaussianDAC.from_pretrained(args.vae).eval()
+    if args.vae is None and args.teacher is None:
+        parser.error("give --vae, --teacher or both")
+    pipe = SoundCTMPipeline.from_pretrained(args.teacher, dtype=torch.float32) if args.teacher else None
+    vae = AutoencoderGaussianDAC.from_pretrained(args.vae).eval() if args.vae else pipe.vae
     records, mean, _ = training_posteriors(vae, args.data, args.latent_cache)
     latents = vae.standardize(mean).float()
     report = latent_levels(latents, [r["label"] for r in records], [r.get("envelope") for r in records])
     for envelope, row in report.items():
         print(f"{envelope:9s} {row['clips']:4d} clips  power per eighth {' '.join(f'{v:.3f}' for v in row['power_per_part'])}  "
               f"class-mean share {row['class_mean_share']:.3f}")  # fmt: skip
+
+    if pipe is None:
+        return
+    envelopes = [r.get("envelope") for r in records]
+    captions = sorted({r["caption"] for r in records})
+    unique = pipe.encode_text(captions, torch.device("cpu"))
+    text = unique[[captions.index(r["caption"]) for r in records]]
+    print(f"\n{args.teacher}: power per eighth of the denoised output D(z_0 + σ·n, σ, caption)")
+    for envelope, row in denoiser_levels(teacher_denoiser(pipe), latents, text, envelopes).items():
+        for key, values in row.items():
+            if key != "clips":
+                print(f"{envelope:9s} {key:9s} {' '.join(f'{v:.3f}' for v in values)}")
+    first = {}
+    for i, e in enumerate(envelopes):
+        first.setdefault(e, i)
+    chosen = {e: records[i]["caption"] for e, i in first.items() if e is not None}
+    grid = pipe.scheduler.karras_sigmas(40).tolist() + [0.0]  # the teacher's Heun-40 grid
+    noise = torch.randn((8, *latents.shape[1:]), generator=torch.Generator().manual_seed(0))
+    cond = {e: pipe.encode_text([c], torch.device("cpu")) for e, c in chosen.items()}
+    print(f"\non its own sampling path (8 seeds, no CFG): power per eighth of D, captions {chosen}")
+    for envelope, row in sampling_levels(teacher_denoiser(pipe), cond, noise, grid).items():
+        for key, values in row.items():
+            print(f"{envelope:9s} {key:12s} {' '.join(f'{v:.3f}' for v in values)}")
 
 
 if __name__ == "__main__":

@@ -213,6 +213,8 @@ def main(argv=None):
     parser.add_argument("--envelope-noise-latents", action="store_true",
                         help="diagnostic: train on Gaussian noise with each latent's per-frame power instead of the "
                              "latent (keeps where in the clip the sound is, drops what it is; see envelope_noise)")
+    parser.add_argument("--num-layers", type=int, default=TEACHER_CONFIG["num_layers"],
+                        help="transformer blocks (the bundled teacher: 2; the caption enters each block only after its self-attention)")
     parser.add_argument("--eval-omegas", default="5", help="CFG scales ω for the closing check, comma-separated")
     parser.add_argument("--latent-cache", default=None, help="folder for the training clips' posteriors (distill/latent_cache.py)")
     add_run_arguments(parser, max_minutes=45.0)
@@ -223,7 +225,8 @@ def main(argv=None):
     records, mean, std = training_posteriors(vae, args.data, args.latent_cache)
     print(f"encoded {len(records)} clips to latents {tuple(mean.shape[1:])} in {time.time() - start:.0f} s", flush=True)
 
-    transformer = SoundCTMDiTModel(in_channels=mean.shape[1], sample_size=mean.shape[2], **TEACHER_CONFIG,
+    config = {**TEACHER_CONFIG, "num_layers": args.num_layers}
+    transformer = SoundCTMDiTModel(in_channels=mean.shape[1], sample_size=mean.shape[2], **config,
                                    sinusoidal_position_embedding=args.sinusoidal_positions)
     if args.position_scale is not None:
         if transformer.position_embedding is None:
@@ -283,7 +286,7 @@ def main(argv=None):
     save_without_text_encoder(pipe, args.out)
 
     # steps run, not asked (after vars(args), which has the asked --steps)
-    report = {**TEACHER_CONFIG, **vars(args), "steps": steps_run, "train_minutes": round(train_minutes, 1)}
+    report = {**config, **vars(args), "steps": steps_run, "train_minutes": round(train_minutes, 1)}
     report["parameters"] = sum(p.numel() for p in transformer.parameters())
     report.update(context_report)
     report.update(check_teacher(pipe, args.data, [float(w) for w in args.eval_omegas.split(",") if w]))
