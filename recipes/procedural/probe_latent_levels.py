@@ -10,7 +10,7 @@ class has the same latent, 0 = they average to nothing). With a share near 0, a 
 is near 0 for every caption, and a fade can only come from the sampler: the network has to give the quiet frames less
 of the noise it keeps, by their position. tests/test_recipe_teacher.py checks that the DiT can learn that.
 
-With --teacher (a teacher pipeline folder; its VAE is used), also the power per eighth of the teacher's denoised
+With --teacher (a teacher pipeline folder; its VAE is used unless --vae is given), also the power per eighth of the teacher's denoised
 output D(z_0 + σ·n, σ, caption) for the same clips at several σ (`denoiser_levels`): where a teacher keeps the fade
 of its input and where it makes every frame alike. The noise levels that decide a sample's envelope are those at which
 the sound first shows through the noise (σ ≈ 2-8 here); a teacher that is flat there makes steady samples.
@@ -29,20 +29,31 @@ from soundctm import AutoencoderGaussianDAC, SoundCTMPipeline
 from .train_teacher import teacher_denoiser, training_posteriors
 
 
+def power_per_part(latents: torch.Tensor, parts: int) -> list[float]:
+    """Mean square of `(clips, channels, frames)` latents over clips and channels, in each of `parts` spans of the frames."""
+    return [round(part.mean().item(), 3) for part in latents.pow(2).mean((0, 1)).tensor_split(parts)]
+
+
+def print_levels(report: dict, width: int) -> None:
+    for envelope, row in report.items():
+        for key, values in row.items():
+            if key != "clips":
+                print(f"{envelope:9s} {key:{width}s} {' '.join(f'{v:.3f}' for v in values)}")
+
+
 @torch.no_grad()
 def latent_levels(latents: torch.Tensor, labels: list[str], envelopes: list[str | None], parts: int = 8) -> dict:
     """Per envelope: power in each of `parts` spans of the frames, and the class-mean share (module docstring)."""
     report = {}
     for envelope in sorted({e for e in envelopes if e is not None}):
         rows = [i for i, e in enumerate(envelopes) if e == envelope]
-        power = latents[rows].pow(2).mean((0, 1))
         shares = []
         for label in sorted({labels[i] for i in rows}):
             members = latents[[i for i in rows if labels[i] == label]]
             shares.append((members.mean(0).pow(2).mean() / members.pow(2).mean()).item())
         report[envelope] = {
             "clips": len(rows),
-            "power_per_part": [round(part.mean().item(), 3) for part in power.tensor_split(parts)],
+            "power_per_part": power_per_part(latents[rows], parts),
             "class_mean_share": round(float(np.mean(shares)), 3),
         }
     return report
@@ -60,14 +71,10 @@ def denoiser_levels(denoiser, latents: torch.Tensor, text: torch.Tensor, envelop
     for envelope in sorted({e for e in envelopes if e is not None}):
         rows = [i for i, e in enumerate(envelopes) if e == envelope][:clips_per_envelope]
         z0 = latents[rows]
-
-        def per_part(z):
-            return [round(part.mean().item(), 3) for part in z.pow(2).mean((0, 1)).tensor_split(parts)]
-
-        report[envelope] = {"clips": len(rows), "data": per_part(z0)}
+        report[envelope] = {"clips": len(rows), "data": power_per_part(z0, parts)}
         for sigma in sigmas:
             z_sigma = z0 + sigma * noise[sigma][: len(rows)]
-            report[envelope][f"sigma_{sigma:g}"] = per_part(denoiser.denoise(z_sigma, torch.full((len(rows),), sigma), text[rows]))
+            report[envelope][f"sigma_{sigma:g}"] = power_per_part(denoiser.denoise(z_sigma, torch.full((len(rows),), sigma), text[rows]), parts)
     return report
 
 
@@ -79,19 +86,15 @@ def sampling_levels(denoiser, text: dict, noise: torch.Tensor, sigmas, report_si
     decreasing grid `sigmas` (ending at 0), at the grid points nearest to `report_sigmas`; "final": the solution's."""
     sigmas = [float(v) for v in sigmas]
     report_at = {min(range(len(sigmas) - 1), key=lambda i: abs(math.log(sigmas[i] / r))) for r in report_sigmas}
-
-    def per_part(z):
-        return [round(part.mean().item(), 3) for part in z.pow(2).mean((0, 1)).tensor_split(parts)]
-
     report = {}
     for name, cond in text.items():
         x, rows = noise * sigmas[0], {}
         for i in range(len(sigmas) - 1):
             d = denoiser.denoise(x, torch.full((len(x),), sigmas[i]), cond.expand(len(x), *cond.shape[1:]))
             if i in report_at:
-                rows[f"sigma_{sigmas[i]:.3g}"] = per_part(d)
+                rows[f"sigma_{sigmas[i]:.3g}"] = power_per_part(d, parts)
             x = d + (x - d) * (sigmas[i + 1] / sigmas[i])
-        report[name] = {**rows, "final": per_part(x)}
+        report[name] = {**rows, "final": power_per_part(x, parts)}
     return report
 
 
@@ -120,12 +123,11 @@ def main(argv=None):
     envelopes = [r.get("envelope") for r in records]
     captions = sorted({r["caption"] for r in records})
     unique = pipe.encode_text(captions, torch.device("cpu"))
-    text = unique[[captions.index(r["caption"]) for r in records]]
+    position = {caption: i for i, caption in enumerate(captions)}
+    text = unique[[position[r["caption"]] for r in records]]
+    denoiser = teacher_denoiser(pipe)
     print(f"\n{args.teacher}: power per eighth of the denoised output D(z_0 + σ·n, σ, caption)")
-    for envelope, row in denoiser_levels(teacher_denoiser(pipe), latents, text, envelopes).items():
-        for key, values in row.items():
-            if key != "clips":
-                print(f"{envelope:9s} {key:9s} {' '.join(f'{v:.3f}' for v in values)}")
+    print_levels(denoiser_levels(denoiser, latents, text, envelopes), width=9)
     first = {}
     for i, e in enumerate(envelopes):
         first.setdefault(e, i)
@@ -134,9 +136,7 @@ def main(argv=None):
     noise = torch.randn((8, *latents.shape[1:]), generator=torch.Generator().manual_seed(0))
     cond = {e: pipe.encode_text([c], torch.device("cpu")) for e, c in chosen.items()}
     print(f"\non its own sampling path (8 seeds, no CFG): power per eighth of D, captions {chosen}")
-    for envelope, row in sampling_levels(teacher_denoiser(pipe), cond, noise, grid).items():
-        for key, values in row.items():
-            print(f"{envelope:9s} {key:12s} {' '.join(f'{v:.3f}' for v in values)}")
+    print_levels(sampling_levels(denoiser, cond, noise, grid), width=12)
 
 
 if __name__ == "__main__":
