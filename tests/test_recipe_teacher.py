@@ -2,6 +2,7 @@
 network uses its captions (recipes/procedural/train_teacher.py)."""
 
 import numpy as np
+import pytest
 import torch
 from tiny_models import tiny_pipeline, tiny_transformer
 
@@ -15,6 +16,7 @@ from recipes.procedural.train_teacher import (
     envelope_noise,
     init_context_embedding,
     teacher_denoiser,
+    training_sigmas,
 )
 
 
@@ -174,3 +176,23 @@ def test_sampling_levels_solves_the_flow_ode_to_the_data_variance_per_frame():
     assert list(report["fade_in"]) == ["sigma_16.8", "sigma_8.03", "sigma_4.37", "sigma_2.24", "sigma_1.07", "sigma_0.47", "final"]
     at_one = report["fade_in"]["sigma_1.07"]
     assert at_one == sorted(at_one) and at_one[-1] > 10 * at_one[0]  # D already shapes the fade on the way
+
+
+def test_training_sigmas_mix_edm_log_normal_with_karras_uniform_high_noise_draws():
+    torch.manual_seed(0)
+    edm = training_sigmas(50_000, p_mean=-0.6, p_std=1.2)
+    high = training_sigmas(50_000, p_mean=-0.6, p_std=1.2, high_noise_fraction=1.0, high_noise_span=0.7)
+    mixed = training_sigmas(50_000, p_mean=-0.6, p_std=1.2, high_noise_fraction=0.5)
+    # log-normal: P(σ > 2) = P(z > (ln 2 + 0.6) / 1.2) ≈ 0.14
+    assert abs((edm > 2).float().mean().item() - 0.14) < 0.01
+    # uniform in σ^(1/7) from 80^(1/7) over 70 % of the way to 0.002^(1/7): σ in [0.318, 80], the median at u = 0.35
+    assert 0.317 < high.min().item() and high.max().item() <= 80.0
+    rho_median = (80 ** (1 / 7) + 0.35 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+    assert abs(high.median().item() / rho_median - 1) < 0.03
+    share_high = ((80 ** (1 / 7) - 2 ** (1 / 7)) / (80 ** (1 / 7) - 0.002 ** (1 / 7))) / 0.7
+    assert abs((high > 2).float().mean().item() - share_high) < 0.01
+    assert abs((mixed > 2).float().mean().item() - (0.14 + share_high) / 2) < 0.01
+    with pytest.raises(ValueError, match="high_noise_fraction"):
+        training_sigmas(4, high_noise_fraction=1.5)
+    with pytest.raises(ValueError, match="high_noise_span"):
+        training_sigmas(4, high_noise_span=0.0)

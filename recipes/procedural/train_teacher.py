@@ -46,6 +46,7 @@ TEACHER_CONFIG = dict(
     is_student=False,
 )
 P_MEAN, P_STD = -1.2, 1.2
+HIGH_NOISE_SPAN = 0.7
 
 
 @torch.no_grad()
@@ -75,11 +76,33 @@ def init_context_embedding(transformer: SoundCTMDiTModel, embeddings: torch.Tens
     return {"context_components": k, "context_std_over_captions": round(transformer.context_embedding(embeddings).std(0).mean().item(), 3)}
 
 
+def training_sigmas(n: int, p_mean: float = P_MEAN, p_std: float = P_STD, high_noise_fraction: float = 0.0,
+                    high_noise_span: float = HIGH_NOISE_SPAN, scheduler: CTMScheduler | None = None) -> torch.Tensor:
+    """n training noise levels: ln σ ~ N(p_mean, p_std²) (EDM), except that each draw is, with probability
+    `high_noise_fraction`, instead uniform in the Karras parametrisation (ρ = 7, σ_max = 80 → σ_min = 0.002) over the
+    first `high_noise_span` of it, the high-noise end (0.7: σ from 80 down to 0.32; three quarters of those draws have
+    σ > 2), as the denoising term of the authors' CTM training draws its σ. EDM's log-normal puts few draws where a
+    fade must be decided (p_mean -0.6: 14 % above σ = 2), which is where the demo teacher is flat by frame
+    (recipes/procedural/README.md, "Where the sampler loses the fade")."""
+    if not 0.0 <= high_noise_fraction <= 1.0:
+        raise ValueError(f"high_noise_fraction must be in [0, 1], got {high_noise_fraction}")
+    if not 0.0 < high_noise_span <= 1.0:
+        raise ValueError(f"high_noise_span must be in (0, 1], got {high_noise_span}")
+    sigma = torch.exp(p_mean + p_std * torch.randn(n))
+    high = torch.rand(n) < high_noise_fraction
+    if high.any():
+        scheduler = scheduler or CTMScheduler()
+        rho, s_max, s_min = scheduler.config.rho, scheduler.config.sigma_max, scheduler.config.sigma_min
+        u = high_noise_span * torch.rand(int(high.sum()), dtype=torch.float64)
+        sigma[high] = ((s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho).float()
+    return sigma
+
+
 def edm_loss(denoiser: SoundCTMTeacher, z0: torch.Tensor, cond: torch.Tensor, p_mean: float = P_MEAN,
-             p_std: float = P_STD) -> torch.Tensor:
-    """EDM's denoising loss (Karras et al. 2022) of a teacher denoiser (`teacher_denoiser`): ln σ ~ N(p_mean, p_std²), weight
+             p_std: float = P_STD, high_noise_fraction: float = 0.0, high_noise_span: float = HIGH_NOISE_SPAN) -> torch.Tensor:
+    """EDM's denoising loss (Karras et al. 2022) of a teacher denoiser (`teacher_denoiser`) at `training_sigmas`, weight
     λ(σ) = 1 / c_out(σ)², so that every noise level's target F has unit scale. `cond`: (batch, tokens, width)."""
-    sigma = torch.exp(p_mean + p_std * torch.randn(len(z0)))
+    sigma = training_sigmas(len(z0), p_mean, p_std, high_noise_fraction, high_noise_span, denoiser.scheduler)
     z_sigma = z0 + sigma[:, None, None] * torch.randn_like(z0)
     weight = 1 / denoiser.scheduler.c_out(sigma)[:, None, None] ** 2
     return (weight * (denoiser.denoise(z_sigma, sigma, cond) - z0) ** 2).mean()
@@ -204,6 +227,11 @@ def main(argv=None):
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--p-uncond", type=float, default=0.1, help="probability that a caption becomes ''")
     parser.add_argument("--p-mean", type=float, default=P_MEAN, help="mean of ln σ in training (EDM: -1.2)")
+    parser.add_argument("--high-noise-fraction", type=float, default=0.0,
+                        help="share of training draws whose σ is uniform in the Karras parametrisation over its "
+                             "high-noise end instead of log-normal (training_sigmas; 0: EDM's log-normal only)")
+    parser.add_argument("--high-noise-span", type=float, default=HIGH_NOISE_SPAN,
+                        help="how much of the Karras parametrisation (from σ_max = 80) those draws cover (0.7: down to σ 0.32)")
     parser.add_argument("--context-init", choices=["whiten", "default"], default="whiten",
                         help="start of the conditioning MLP: whitened captions (init_context_embedding) or PyTorch's default")
     parser.add_argument("--sinusoidal-positions", action=argparse.BooleanOptionalAction, default=False,
@@ -220,6 +248,10 @@ def main(argv=None):
     add_run_arguments(parser, max_minutes=45.0)
     args = parser.parse_args(argv)
     start, rng = start_run(args)
+    if not 0.0 <= args.high_noise_fraction <= 1.0:
+        parser.error(f"--high-noise-fraction must be in [0, 1], got {args.high_noise_fraction}")
+    if not 0.0 < args.high_noise_span <= 1.0:
+        parser.error(f"--high-noise-span must be in (0, 1], got {args.high_noise_span}")
 
     vae = AutoencoderGaussianDAC.from_pretrained(args.vae).eval()
     records, mean, std = training_posteriors(vae, args.data, args.latent_cache)
@@ -267,7 +299,8 @@ def main(argv=None):
             z0 = envelope_noise(z0)
         cond = text[index].clone()
         cond[torch.from_numpy(rng.random(args.batch_size) < args.p_uncond)] = empty
-        loss = edm_loss(denoiser, z0, cond[:, None], p_mean=args.p_mean)
+        loss = edm_loss(denoiser, z0, cond[:, None], p_mean=args.p_mean, high_noise_fraction=args.high_noise_fraction,
+                        high_noise_span=args.high_noise_span)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
