@@ -6,8 +6,9 @@
 The training clips are encoded once (posterior mean and std, kept in --latent-cache for the next stage and reruns:
 distill/train.py's --latent_cache_dir reads the same files); every step draws a fresh posterior sample,
 standardises it with the VAE config's statistics (σ_d = scaling_factor = 0.5), and takes an EDM denoising
-score-matching step (Karras et al. 2022): ln σ ~ N(--p-mean, 1.2²) (EDM: −1.2), D = c_skip·z_σ + c_out·F(c_in·z_σ, c_noise(σ), c),
-loss λ(σ)·‖D − z_0‖² with λ(σ) = (σ² + σ_d²)/(σ·σ_d)². Captions become "" with probability --p-uncond so the
+score-matching step (Karras et al. 2022): ln σ ~ N(--p-mean, 1.2²) (EDM: −1.2), a share --high-noise-fraction of
+the draws instead uniform over the high-noise end of the Karras parametrisation (`training_sigmas`),
+D = c_skip·z_σ + c_out·F(c_in·z_σ, c_noise(σ), c), loss λ(σ)·‖D − z_0‖² with λ(σ) = (σ² + σ_d²)/(σ·σ_d)². Captions become "" with probability --p-uncond so the
 same network gives the unconditional output that classifier-free guidance (ω) needs; the conditioning MLP starts
 from whitened caption embeddings (`init_context_embedding`). The saved teacher is the
 EMA of the weights, as a SoundCTMPipeline folder with EDMHeunScheduler whose text encoder (all-MiniLM-L6-v2,
