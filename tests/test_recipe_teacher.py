@@ -6,7 +6,15 @@ import pytest
 import torch
 from tiny_models import tiny_pipeline, tiny_transformer
 
-from recipes.procedural.probe_latent_levels import denoiser_levels, latent_levels, sampling_levels
+from recipes.procedural.probe_latent_levels import (
+    ClassGaussianDenoiser,
+    class_conditioning,
+    denoiser_levels,
+    denoising_errors,
+    envelope_worth,
+    latent_levels,
+    sampling_levels,
+)
 from recipes.procedural.sounds import synthesize
 from recipes.procedural.train_teacher import (
     conditioning_check,
@@ -153,23 +161,22 @@ def test_envelope_noise_keeps_each_frames_level_and_drops_the_content():
     assert abs(correlation.item()) < 0.05
 
 
-class _WienerDenoiser:
-    """The exact denoiser of zero-mean Gaussian latents with per-frame variance v: D(x, σ) = v / (v + σ²) · x."""
-
-    def __init__(self, variance):
-        self.variance = variance
-
-    def denoise(self, x, sigma, cond):
-        return x * self.variance / (self.variance + sigma[:, None, None] ** 2)
-
-
 def test_sampling_levels_solves_the_flow_ode_to_the_data_variance_per_frame():
     from soundctm import EDMHeunScheduler
 
-    variance = torch.logspace(-3, 0, 16)  # a 30 dB fade-in over 16 frames
-    noise = torch.randn(64, 8, 16, generator=torch.Generator().manual_seed(0))
+    variance = torch.logspace(-3, 0, 16)  # a 30 dB fade-in over 16 frames, and a steady class at 0.1
+    generator = torch.Generator().manual_seed(0)
+    fading = torch.randn(4096, 8, 16, generator=generator) * variance.sqrt()
+    steady = 0.2 + torch.randn(4096, 8, 16, generator=generator) * 0.1**0.5
+    classes, index = class_conditioning(["fade in"] * 4096 + ["steady"] * 4096)
+    # the exact denoiser of these Gaussian latents, from their per-class statistics
+    wiener = ClassGaussianDenoiser(torch.cat([fading, steady]), classes[:, 0, 0])
+    noise = torch.randn(64, 8, 16, generator=generator)
     grid = EDMHeunScheduler().karras_sigmas(40).tolist() + [0.0]
-    report = sampling_levels(_WienerDenoiser(variance), {"fade_in": torch.zeros(1, 1, 4)}, noise, grid, parts=4)
+    paths = {"fade_in": torch.tensor([[[float(index["fade in"])]]]), "steady": torch.tensor([[[float(index["steady"])]]])}
+    report = sampling_levels(wiener, paths, noise, grid, parts=4)
+    steady_final = torch.tensor(report["steady"]["final"])
+    torch.testing.assert_close(steady_final, torch.full((4,), 0.2**2 + 0.1), rtol=0.15, atol=0)  # mean² + variance
     final = torch.tensor(report["fade_in"]["final"])
     expected = torch.stack([part.mean() for part in variance.tensor_split(4)])
     assert torch.allclose(final, expected, rtol=0.2, atol=2e-3), (final, expected)
@@ -196,3 +203,39 @@ def test_training_sigmas_mix_edm_log_normal_with_karras_uniform_high_noise_draws
         training_sigmas(4, high_noise_fraction=1.5)
     with pytest.raises(ValueError, match="high_noise_span"):
         training_sigmas(4, high_noise_span=0.0)
+
+
+def test_envelope_worth_is_the_loss_a_denoiser_saves_by_knowing_the_envelope():
+    generator = torch.Generator().manual_seed(1)  # not denoising_errors' noise seed
+    fade = torch.logspace(-3, 0, 16).expand(1, 4, 16) * torch.tensor([1.0, 2.0, 0.5, 0.1])[None, :, None]
+    steady = fade.mean(-1, keepdim=True).expand(1, 4, 16)
+    assert all(v == 0 for v in envelope_worth(steady).values())
+    worth = envelope_worth(fade, sigmas=(0.25, 1.0, 8.0))
+    assert worth["sigma_8"] < worth["sigma_1"] and worth["sigma_8"] > 0
+    # the same, measured: the exact denoiser against one that knows each channel's mean variance only
+    latents = torch.randn(20_000, 4, 16, generator=generator) * fade.sqrt()
+    classes = torch.zeros(len(latents), 1, 1)
+    exact = ClassGaussianDenoiser(latents, classes[:, 0, 0])  # fitted: within 2 % of the true variance
+    flat = ClassGaussianDenoiser(latents, classes[:, 0, 0])
+    flat.variance = exact.variance.mean(-1, keepdim=True).expand_as(exact.variance)
+    for sigma in (0.25, 1.0):
+        errors = [denoising_errors(d, latents, classes, sigmas=(sigma,))[f"sigma_{sigma:g}"] for d in (flat, exact)]
+        assert abs((errors[0] - errors[1]) - worth[f"sigma_{sigma:g}"]) < 0.01, (errors, worth)
+
+
+def test_power_clip_weighting_makes_a_quiet_clip_weigh_as_much_as_a_loud_one_up_to_ten_times():
+    class Zero:  # a denoiser that outputs nothing: each clip's error is its own power
+        scheduler = teacher_denoiser(tiny_pipeline(student=False, text_embedding="mean")).scheduler
+
+        def denoise(self, x, sigma, cond):
+            return torch.zeros_like(x)
+
+    def loss(clip, relative_power=None):
+        torch.manual_seed(0)  # the same σ draw for every call
+        return edm_loss(Zero(), clip[None], None, clip_power=relative_power).item()
+
+    loud = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    quiet, silent = 0.5 * loud, 0.01 * loud  # 1/4 and 1/10 000 of the power
+    assert loss(quiet) == pytest.approx(loss(loud) / 4, rel=1e-5)
+    assert loss(quiet, torch.tensor([0.25])) == pytest.approx(loss(loud, torch.tensor([1.0])), rel=1e-5)
+    assert loss(silent, torch.tensor([1e-4])) == pytest.approx(10 * loss(silent), rel=1e-5)  # floored at 0.1

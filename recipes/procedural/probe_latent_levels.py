@@ -78,6 +78,61 @@ def denoiser_levels(denoiser, latents: torch.Tensor, text: torch.Tensor, envelop
     return report
 
 
+class ClassGaussianDenoiser:
+    """The Bayes-optimal denoiser if each class's latents were Gaussian with independent elements: per class the mean
+    μ and variance v of every (channel, frame) over its clips, D(z, σ, c) = μ_c + v_c / (v_c + σ²) · (z − μ_c). The
+    reference for a teacher's levels: what a denoiser that knows only each class's per-frame statistics outputs (it
+    keeps a fade at every σ, by shrinking the quiet frames more), and, solved from pure noise, samples with each
+    class's envelope. `cond`: (batch, 1, 1) float class indices, as `class_conditioning` gives."""
+
+    def __init__(self, latents: torch.Tensor, classes: torch.Tensor):
+        self.mean = torch.stack([latents[classes == k].mean(0) for k in range(int(classes.max()) + 1)])
+        self.variance = torch.stack([latents[classes == k].var(0) for k in range(int(classes.max()) + 1)])
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        k = cond.reshape(len(x)).long()
+        mean, variance = self.mean[k], self.variance[k]
+        return mean + variance / (variance + sigma[:, None, None] ** 2) * (x - mean)
+
+
+def class_conditioning(labels: list[str]) -> tuple[torch.Tensor, dict]:
+    """`ClassGaussianDenoiser`'s conditioning of clips with these class labels, (clips, 1, 1), and label → index."""
+    index = {label: k for k, label in enumerate(sorted(set(labels)))}
+    return torch.tensor([float(index[label]) for label in labels])[:, None, None], index
+
+
+@torch.no_grad()
+def envelope_worth(variance: torch.Tensor, sigmas=(0.5, 1.0, 2.0, 4.0, 8.0)) -> dict:
+    """What knowing the envelope is worth in the denoising loss, for Gaussian latents with per-(channel, frame) variance
+    `variance` (classes, channels, frames), e.g. `ClassGaussianDenoiser.variance`: at each σ the expected squared
+    error of the Wiener denoiser v/(v + σ²)·z minus that of the best denoiser that knows each class's channels but
+    not its envelope (one gain per channel, v̄/(v̄ + σ²) with v̄ the channel's mean over the frames), relative to the
+    clips' power ‖z_0‖². Exact for Gaussian latents, no noise draws. A small number means the loss hardly rewards a
+    fade at that σ, so training learns it last (recipes/procedural/README.md)."""
+    power = variance.sum()
+    worth = {}
+    for sigma in sigmas:
+        s2 = sigma**2
+        wiener = (variance * s2 / (variance + s2)).sum()
+        gain = variance.mean(-1, keepdim=True) / (variance.mean(-1, keepdim=True) + s2)
+        flat = (variance * (1 - gain) ** 2 + gain**2 * s2).sum()
+        worth[f"sigma_{sigma:g}"] = round(((flat - wiener) / power).item(), 4)
+    return worth
+
+
+@torch.no_grad()
+def denoising_errors(denoiser, latents: torch.Tensor, cond: torch.Tensor, sigmas=(0.5, 1.0, 2.0, 4.0, 8.0),
+                     seed: int = 0) -> dict:
+    """Relative error ‖D(z_0 + σ·n, σ, c) − z_0‖² / ‖z_0‖² of `denoiser` on these clips at each σ (one noise draw)."""
+    generator = torch.Generator().manual_seed(seed)
+    errors = {}
+    for sigma in sigmas:
+        z_sigma = latents + sigma * torch.randn(latents.shape, generator=generator)
+        denoised = denoiser.denoise(z_sigma, torch.full((len(latents),), sigma), cond)
+        errors[f"sigma_{sigma:g}"] = round(((denoised - latents) ** 2).sum().item() / (latents**2).sum().item(), 3)
+    return errors
+
+
 @torch.no_grad()
 def sampling_levels(denoiser, text: dict, noise: torch.Tensor, sigmas, report_sigmas=(16.0, 8.0, 4.0, 2.0, 1.0, 0.5),
                     parts: int = 8) -> dict:
@@ -126,17 +181,37 @@ def main(argv=None):
     position = {caption: i for i, caption in enumerate(captions)}
     text = unique[[position[r["caption"]] for r in records]]
     denoiser = teacher_denoiser(pipe)
-    print(f"\n{args.teacher}: power per eighth of the denoised output D(z_0 + σ·n, σ, caption)")
-    print_levels(denoiser_levels(denoiser, latents, text, envelopes), width=9)
+    labels = [r["label"] for r in records]
+    classes, class_index = class_conditioning(labels)
+    # the reference is fitted on half of each class's clips; the error comparison uses the other half
+    fit, held = torch.arange(0, len(records), 2), torch.arange(1, len(records), 2)
+    reference = ClassGaussianDenoiser(latents[fit], classes[fit, 0, 0])
+    everything = ClassGaussianDenoiser(latents, classes[:, 0, 0])
+    print("\nwhat knowing the envelope is worth in the loss, share of the clips' power (envelope_worth; all clips):")
+    for envelope in sorted({e for e in envelopes if e is not None}):
+        members = sorted({int(classes[i]) for i, e in enumerate(envelopes) if e == envelope})
+        share = latents[[i for i, e in enumerate(envelopes) if e == envelope]].pow(2).sum() / latents.pow(2).sum()
+        print(f"{envelope:9s} " + "  ".join(f"{k} {v:.4f}" for k, v in envelope_worth(everything.variance[members]).items())
+              + f"  (its clips: {share.item():.1%} of all training clips' power)")
+    print(f"\nrelative denoising error on {len(held)} training clips that the reference was not fitted on:")
+    for name, model, conditioning in (("teacher", denoiser, text[held]), ("reference", reference, classes[held])):
+        print(f"{name:9s} " + "  ".join(f"{k} {v:.3f}" for k, v in denoising_errors(model, latents[held], conditioning).items()))
     first = {}
     for i, e in enumerate(envelopes):
         first.setdefault(e, i)
-    chosen = {e: records[i]["caption"] for e, i in first.items() if e is not None}
+    chosen = {e: records[i] for e, i in first.items() if e is not None}
     grid = pipe.scheduler.karras_sigmas(40).tolist() + [0.0]  # the teacher's Heun-40 grid
     noise = torch.randn((8, *latents.shape[1:]), generator=torch.Generator().manual_seed(0))
-    cond = {e: pipe.encode_text([c], torch.device("cpu")) for e, c in chosen.items()}
-    print(f"\non its own sampling path (8 seeds, no CFG): power per eighth of D, captions {chosen}")
-    print_levels(sampling_levels(denoiser, cond, noise, grid), width=12)
+    for name, model, conditioning, paths in (
+        (args.teacher, denoiser, text, {e: pipe.encode_text([r["caption"]], torch.device("cpu")) for e, r in chosen.items()}),
+        ("per-class diagonal Gaussian (ClassGaussianDenoiser, the reference; half the clips)", reference, classes,
+         {e: torch.tensor([[[float(class_index[r["label"]])]]]) for e, r in chosen.items()}),
+    ):
+        print(f"\n{name}: power per eighth of the denoised output D(z_0 + σ·n, σ, caption)")
+        print_levels(denoiser_levels(model, latents, conditioning, envelopes), width=9)
+        print(f"\non its own sampling path (8 seeds, no CFG): power per eighth of D, captions "
+              f"{ {e: r['caption'] for e, r in chosen.items()} }")  # fmt: skip
+        print_levels(sampling_levels(model, paths, noise, grid), width=12)
 
 
 if __name__ == "__main__":

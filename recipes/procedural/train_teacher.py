@@ -90,6 +90,8 @@ def training_sigmas(n: int, p_mean: float = P_MEAN, p_std: float = P_STD, high_n
     if not 0.0 < high_noise_span <= 1.0:
         raise ValueError(f"high_noise_span must be in (0, 1], got {high_noise_span}")
     sigma = torch.exp(p_mean + p_std * torch.randn(n))
+    if high_noise_fraction == 0:  # no further draws: the same random stream as before the mixture existed
+        return sigma
     high = torch.rand(n) < high_noise_fraction
     if high.any():
         scheduler = scheduler or CTMScheduler()
@@ -100,12 +102,18 @@ def training_sigmas(n: int, p_mean: float = P_MEAN, p_std: float = P_STD, high_n
 
 
 def edm_loss(denoiser: SoundCTMTeacher, z0: torch.Tensor, cond: torch.Tensor, p_mean: float = P_MEAN,
-             p_std: float = P_STD, high_noise_fraction: float = 0.0, high_noise_span: float = HIGH_NOISE_SPAN) -> torch.Tensor:
+             p_std: float = P_STD, high_noise_fraction: float = 0.0, high_noise_span: float = HIGH_NOISE_SPAN,
+             clip_power: torch.Tensor | None = None) -> torch.Tensor:
     """EDM's denoising loss (Karras et al. 2022) of a teacher denoiser (`teacher_denoiser`) at `training_sigmas`, weight
-    λ(σ) = 1 / c_out(σ)², so that every noise level's target F has unit scale. `cond`: (batch, tokens, width)."""
+    λ(σ) = 1 / c_out(σ)², so that every noise level's target F has unit scale. `cond`: (batch, tokens, width).
+    `clip_power` (batch,): each clip's power relative to the dataset's mean; its error is divided by it, floored at 0.1
+    (the clips' powers span six orders of magnitude; a click train's latent is ~1e-5 of the mean), so that quiet clips,
+    fades among them (0.2 of the mean), weigh as much as loud ones up to 10× (`--clip-weighting power`)."""
     sigma = training_sigmas(len(z0), p_mean, p_std, high_noise_fraction, high_noise_span, denoiser.scheduler)
     z_sigma = z0 + sigma[:, None, None] * torch.randn_like(z0)
     weight = 1 / denoiser.scheduler.c_out(sigma)[:, None, None] ** 2
+    if clip_power is not None:
+        weight = weight / clip_power.clamp(min=0.1)[:, None, None]
     return (weight * (denoiser.denoise(z_sigma, sigma, cond) - z0) ** 2).mean()
 
 
@@ -233,6 +241,10 @@ def main(argv=None):
                              "high-noise end instead of log-normal (training_sigmas; 0: EDM's log-normal only)")
     parser.add_argument("--high-noise-span", type=float, default=HIGH_NOISE_SPAN,
                         help="how much of the Karras parametrisation (from σ_max = 80) those draws cover (0.7: down to σ 0.32)")
+    parser.add_argument("--clip-weighting", choices=["none", "power"], default="none",
+                        help="'power': divide each clip's loss by its latent's mean power (relative to the dataset's), so that "
+                             "quiet clips, fades among them, weigh as much as loud ones (probe_latent_levels: the fade clips "
+                             "carry 6 %% of the power)")
     parser.add_argument("--context-init", choices=["whiten", "default"], default="whiten",
                         help="start of the conditioning MLP: whitened captions (init_context_embedding) or PyTorch's default")
     parser.add_argument("--sinusoidal-positions", action=argparse.BooleanOptionalAction, default=False,
@@ -277,6 +289,8 @@ def main(argv=None):
         context_report = init_context_embedding(transformer, pipe.encode_text(sorted(set(captions)), torch.device("cpu"))[:, 0])
         print(f"conditioning path: {context_report}", flush=True)
 
+    clip_power = vae.standardize(mean).pow(2).mean((1, 2))  # of the posterior means; relative to the dataset's mean
+    clip_power = clip_power / clip_power.mean()
     denoiser = teacher_denoiser(pipe)  # σ_d = the VAE's scaling factor, as the pipeline's scheduler
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=0.0)
     # Cosine decay over whichever ends first, --steps or --max-minutes (counted from the start, encoding included), so
@@ -301,7 +315,8 @@ def main(argv=None):
         cond = text[index].clone()
         cond[torch.from_numpy(rng.random(args.batch_size) < args.p_uncond)] = empty
         loss = edm_loss(denoiser, z0, cond[:, None], p_mean=args.p_mean, high_noise_fraction=args.high_noise_fraction,
-                        high_noise_span=args.high_noise_span)
+                        high_noise_span=args.high_noise_span,
+                        clip_power=clip_power[index] if args.clip_weighting == "power" else None)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
