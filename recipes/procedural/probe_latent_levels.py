@@ -16,6 +16,10 @@ of its input and where it makes every frame alike. The noise levels that decide 
 the sound first shows through the noise (σ ≈ 2-8 here); a teacher that is flat there makes steady samples.
 Then the same on the teacher's own sampling path (`sampling_levels`): D along an Euler solve of the probability-flow
 ODE from pure noise (no CFG), for one caption of each envelope — which is where a sample's fade has to come from.
+Both again for a reference that knows nothing but each class's per-(channel, frame) mean and variance
+(`ClassGaussianDenoiser`, fitted on half the clips), beside the relative denoising error of teacher and reference on
+the other half, and what knowing the envelope is worth in the loss at each σ (`envelope_worth`): how strongly
+training pushes a denoiser towards a fade where the fade is decided.
 """
 
 import argparse
