@@ -147,6 +147,11 @@ def l2_distance(z_est: torch.Tensor, z_target: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- DSM
+def karras_ramp_sigmas(xi: torch.Tensor, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
+    """σ at positions `xi` ∈ [0, 1] of the Karras ramp (Karras et al. 2022, Eq. 5): σ_max at 0, σ_min at 1."""
+    return (sigma_max ** (1 / rho) + xi * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+
+
 def sample_dsm_sigmas(
     batch_size: int,
     generator: torch.Generator,
@@ -164,8 +169,7 @@ def sample_dsm_sigmas(
     half = batch_size // 2
     lognormal = torch.exp(p_mean + p_std * torch.randn(half, generator=generator))
     xi = torch.rand(batch_size - half, generator=generator) * xi_max
-    karras = (sigma_max ** (1 / rho) + xi * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    return torch.cat([lognormal, karras])
+    return torch.cat([lognormal, karras_ramp_sigmas(xi, sigma_min, sigma_max, rho)])
 
 
 def dsm_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:

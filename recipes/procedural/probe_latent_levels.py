@@ -90,8 +90,9 @@ class ClassGaussianDenoiser:
     class's envelope. `cond`: (batch, 1, 1) float class indices, as `class_conditioning` gives."""
 
     def __init__(self, latents: torch.Tensor, classes: torch.Tensor):
-        self.mean = torch.stack([latents[classes == k].mean(0) for k in range(int(classes.max()) + 1)])
-        self.variance = torch.stack([latents[classes == k].var(0) for k in range(int(classes.max()) + 1)])
+        members = [latents[classes == k] for k in range(int(classes.max()) + 1)]
+        self.mean = torch.stack([m.mean(0) for m in members])
+        self.variance = torch.stack([m.var(0) for m in members])
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         k = cond.reshape(len(x)).long()

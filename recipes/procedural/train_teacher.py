@@ -33,6 +33,7 @@ from .common import TEXT_WIDTH, add_run_arguments, demo_pipeline, generate, save
 from .evaluate import accuracy, attribute_accuracy, measure, score_measured
 from .make_data import read_split
 from distill.latent_cache import PosteriorCache
+from distill.losses import karras_ramp_sigmas
 from distill.teacher import SoundCTMTeacher
 
 
@@ -94,10 +95,9 @@ def training_sigmas(n: int, p_mean: float = P_MEAN, p_std: float = P_STD, high_n
         return sigma
     high = torch.rand(n) < high_noise_fraction
     if high.any():
-        scheduler = scheduler or CTMScheduler()
-        rho, s_max, s_min = scheduler.config.rho, scheduler.config.sigma_max, scheduler.config.sigma_min
+        config = (scheduler or CTMScheduler()).config
         u = high_noise_span * torch.rand(int(high.sum()), dtype=torch.float64)
-        sigma[high] = ((s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho).float()
+        sigma[high] = karras_ramp_sigmas(u, config.sigma_min, config.sigma_max, config.rho).float()
     return sigma
 
 
@@ -261,10 +261,10 @@ def main(argv=None):
     add_run_arguments(parser, max_minutes=45.0)
     args = parser.parse_args(argv)
     start, rng = start_run(args)
-    if not 0.0 <= args.high_noise_fraction <= 1.0:
-        parser.error(f"--high-noise-fraction must be in [0, 1], got {args.high_noise_fraction}")
-    if not 0.0 < args.high_noise_span <= 1.0:
-        parser.error(f"--high-noise-span must be in (0, 1], got {args.high_noise_span}")
+    try:  # its bounds, checked before anything is encoded
+        training_sigmas(1, high_noise_fraction=args.high_noise_fraction, high_noise_span=args.high_noise_span)
+    except ValueError as error:
+        parser.error(f"--{str(error).replace('_', '-')}")
 
     vae = AutoencoderGaussianDAC.from_pretrained(args.vae).eval()
     records, mean, std = training_posteriors(vae, args.data, args.latent_cache)
@@ -289,8 +289,10 @@ def main(argv=None):
         context_report = init_context_embedding(transformer, pipe.encode_text(sorted(set(captions)), torch.device("cpu"))[:, 0])
         print(f"conditioning path: {context_report}", flush=True)
 
-    clip_power = vae.standardize(mean).pow(2).mean((1, 2))  # of the posterior means; relative to the dataset's mean
-    clip_power = clip_power / clip_power.mean()
+    clip_power = None
+    if args.clip_weighting == "power":  # of the posterior means, relative to the dataset's mean
+        clip_power = vae.standardize(mean).pow(2).mean((1, 2))
+        clip_power = clip_power / clip_power.mean()
     denoiser = teacher_denoiser(pipe)  # σ_d = the VAE's scaling factor, as the pipeline's scheduler
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=0.0)
     # Cosine decay over whichever ends first, --steps or --max-minutes (counted from the start, encoding included), so
@@ -316,7 +318,7 @@ def main(argv=None):
         cond[torch.from_numpy(rng.random(args.batch_size) < args.p_uncond)] = empty
         loss = edm_loss(denoiser, z0, cond[:, None], p_mean=args.p_mean, high_noise_fraction=args.high_noise_fraction,
                         high_noise_span=args.high_noise_span,
-                        clip_power=clip_power[index] if args.clip_weighting == "power" else None)
+                        clip_power=None if clip_power is None else clip_power[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
