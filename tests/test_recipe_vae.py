@@ -113,3 +113,35 @@ def test_latent_distance_is_zero_for_the_same_sound_and_near_one_for_unrelated_n
     unrelated = train_vae.latent_distance(vae, clips, clips[1:] + clips[:1])
     assert max(louder) < 0.1
     assert min(unrelated) > 0.5
+
+
+def test_gain_channel_puts_a_fade_in_one_channels_mean_and_decodes_as_the_plain_codec():
+    """The gain-shape split (AutoencoderGaussianDAC(gain_channel=True)): tones fading in at random phases average to
+    ~0 in a linear codec's channels (the fade is only in their variance), while the gain channel rises with the fade
+    in every clip alike; decoding multiplies the split back, so the output is the plain codec's."""
+    kwargs = dict(encoder_dim=4, encoder_rates=[2, 4], decoder_dim=16, decoder_rates=[4, 2])
+    torch.manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(16, 16))[0].numpy()
+    plain = AutoencoderGaussianDAC(latent_dim=16, **kwargs)
+    split = AutoencoderGaussianDAC(latent_dim=17, gain_channel=True, gain_floor=1e-3, **kwargs)
+    for vae in (plain, split):
+        train_vae.linear_start(vae, basis)
+    assert split.codec_dim == 16
+    samples, rng = 2048, np.random.default_rng(0)
+    t = torch.arange(samples) / RATE
+    ramp = 10 ** (torch.linspace(-30, 0, samples) / 20)  # 30 dB, linear in dB
+    x = torch.stack([0.3 * ramp * torch.sin(2 * math.pi * 3000 * t + rng.uniform(0, 2 * math.pi)) for _ in range(64)])[:, None]
+    with torch.no_grad():
+        z_plain, z_split = plain.encode(x).latent_dist.mean, split.encode(x).latent_dist.mean
+        torch.testing.assert_close(split.decode(z_split).sample, plain.decode(z_plain).sample, atol=1e-6, rtol=1e-4)
+    inner = slice(4, -4)  # frames that see no zero padding
+
+    def class_mean_share(z):
+        z = z[..., inner]
+        return (z.mean(0).pow(2).sum() / z.pow(2).mean(0).sum()).item()
+
+    gain = z_split[:, 0, inner]
+    assert class_mean_share(z_plain) < 0.05  # (1/64 expected from the finite sample)
+    assert gain.mean(0)[-1] - gain.mean(0)[0] > 0.9 * math.log(10 ** (30 / 20)) * (1 - 8 / (samples / 8))  # 30 dB less the padded frames
+    assert gain.std(0).max() < 0.1  # the same curve in every clip: it is the class mean, not a variance
+    assert torch.all(gain.mean(0).diff() > 0)

@@ -157,7 +157,7 @@ def initialize(
     kinds = (nn.Conv1d, nn.ConvTranspose1d)
     convs = [m for m in vae.encoder.modules() if isinstance(m, kinds)] + [vae.pre_conv, vae.post_conv]
     convs += [m for m in vae.decoder.modules() if isinstance(m, kinds)]
-    last, latent_dim = convs[-1], vae.config.latent_dim
+    last, latent_dim = convs[-1], vae.codec_dim
 
     def rescale(module, _, out):
         if module is vae.pre_conv:
@@ -216,8 +216,8 @@ def pca_filterbank(audio: np.ndarray, hop: int, count: int, windows: int = 16384
 
 @torch.no_grad()
 def linear_start(vae, basis: np.ndarray, snake_alpha: float = 1e-3, log_variance: float = -8.0) -> None:
-    """Function-preserving initialisation: the VAE starts as the lapped-transform codec of `basis` (latent_dim rows of
-    2·hop analysis filters, e.g. `pca_filterbank`), exactly up to its slightly nonlinear Snake and tanh.
+    """Function-preserving initialisation: the VAE starts as the lapped-transform codec of `basis` (`vae.codec_dim`
+    rows of 2·hop analysis filters, e.g. `pca_filterbank`), exactly up to its slightly nonlinear Snake and tanh.
 
     Every strided convolution but the encoder's last is a space-to-depth copy (each output channel one phase of the
     input), the encoder's last one applies the sine-windowed basis to a 2·hop window, the decoder's first transposed
@@ -226,10 +226,10 @@ def linear_start(vae, basis: np.ndarray, snake_alpha: float = 1e-3, log_variance
     already reconstructs, and training bends it into a nonlinear one instead of searching for one from noise.
 
     Raises ValueError when the config has too few channels to carry every phase (e.g. hop 2048 with encoder_dim 16)."""
-    config, hop = vae.config, vae.hop_length
-    latent_dim = config.latent_dim
+    hop = vae.hop_length
+    latent_dim = vae.codec_dim
     if basis.shape != (latent_dim, 2 * hop):
-        raise ValueError(f"basis must have shape (latent_dim, 2 * hop) = ({latent_dim}, {2 * hop}), got {basis.shape}")
+        raise ValueError(f"basis must have shape (codec_dim, 2 * hop) = ({latent_dim}, {2 * hop}), got {basis.shape}")
     windowed = torch.from_numpy(basis * sine_window(2 * hop)).float()  # analysis and synthesis filters alike
     for module in vae.modules():
         if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
@@ -362,6 +362,15 @@ def main(argv=None):
     )  # fmt: skip
     parser.add_argument("--latent-dim", type=int, default=VAE_CONFIG["latent_dim"])
     parser.add_argument(
+        "--gain-channel", action="store_true",
+        help="split the latent into a log-gain channel and latent_dim - 1 gain-normalised channels (the class's gain_channel)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gain-weight", type=float, default=1.0,
+        help="with --gain-channel: the gain channel's standard deviation in the diffusion model's space, in units of "
+        "the others' (its latents_std is divided by this), so its share of a squared-error loss grows by its square",
+    )  # fmt: skip
+    parser.add_argument(
         "--compile", action="store_true", help="torch.compile the encoder and decoder for training (fuses the Snake activations)"
     )
     parser.add_argument("--stats-every", type=int, default=6, help="latent statistics from every n-th training clip")
@@ -375,14 +384,16 @@ def main(argv=None):
     def crops(n: int) -> torch.Tensor:
         return torch.from_numpy(random_crops(audio, rng, n, args.crop))[:, None]
 
-    config = {**VAE_CONFIG, "latent_dim": args.latent_dim}
+    if args.gain_weight <= 0 or (args.gain_weight != 1.0 and not args.gain_channel):
+        parser.error("--gain-weight must be > 0 and needs --gain-channel")
+    config = {**VAE_CONFIG, "latent_dim": args.latent_dim, "gain_channel": args.gain_channel}
     vae = AutoencoderGaussianDAC(**config)
     if args.crop % vae.hop_length:
         raise ValueError(f"--crop must be a multiple of the hop length {vae.hop_length}, got {args.crop}")
     if args.init_from:
         vae.load_state_dict(AutoencoderGaussianDAC.from_pretrained(args.init_from).state_dict())
     elif args.init == "linear":
-        linear_start(vae, pca_filterbank(audio, vae.hop_length, args.latent_dim, seed=args.seed))
+        linear_start(vae, pca_filterbank(audio, vae.hop_length, vae.codec_dim, seed=args.seed))
     else:
         initialize(vae, crops(32))
     print(f"VAE: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M parameters, hop {vae.hop_length}, "
@@ -431,6 +442,8 @@ def main(argv=None):
     mean, std = encode_posteriors(vae, audio[:: args.stats_every])
     z = mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(args.seed))
     mean, std = z.mean(dim=(0, 2)), z.std(dim=(0, 2))
+    if args.gain_channel:
+        std[0] /= args.gain_weight
     vae.register_to_config(latents_mean=[round(v, 6) for v in mean.tolist()], latents_std=[round(v, 6) for v in std.tolist()])
     vae.save_pretrained(args.out)
 
