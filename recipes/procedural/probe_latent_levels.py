@@ -33,9 +33,27 @@ from soundctm import AutoencoderGaussianDAC, SoundCTMPipeline
 from .train_teacher import teacher_denoiser, training_posteriors
 
 
-def power_per_part(latents: torch.Tensor, parts: int) -> list[float]:
-    """Mean square of `(clips, channels, frames)` latents over clips and channels, in each of `parts` spans of the frames."""
+def power_per_part(latents: torch.Tensor, parts: int, view=None) -> list[float]:
+    """Mean square of `(clips, channels, frames)` latents over clips and channels, in each of `parts` spans of the
+    frames; of `view(latents)` if given (`codec_view`)."""
+    latents = latents if view is None else view(latents)
     return [round(part.mean().item(), 3) for part in latents.pow(2).mean((0, 1)).tensor_split(parts)]
+
+
+def codec_view(vae, reference: torch.Tensor):
+    """For a VAE with a gain channel (`AutoencoderGaussianDAC(gain_channel=True)`): a map from standardised latents to
+    its codec's latents (the shape channels times exp(gain), what the decoder renders), scaled so that those of
+    `reference` (standardised latents of the data) have mean square scaling_factor², like standardised latents.
+    Frame powers of that view are comparable to those of a VAE without one. None for a VAE without one."""
+    if not vae.config.gain_channel:
+        return None
+
+    def codec(z):
+        z = vae.unstandardize(z)
+        return z[:, 1:] * z[:, :1].exp()
+
+    scale = vae.config.scaling_factor / codec(reference).pow(2).mean().sqrt()
+    return lambda z: codec(z) * scale
 
 
 def print_levels(report: dict, width: int) -> None:
@@ -46,8 +64,9 @@ def print_levels(report: dict, width: int) -> None:
 
 
 @torch.no_grad()
-def latent_levels(latents: torch.Tensor, labels: list[str], envelopes: list[str | None], parts: int = 8) -> dict:
-    """Per envelope: power in each of `parts` spans of the frames, and the class-mean share (module docstring)."""
+def latent_levels(latents: torch.Tensor, labels: list[str], envelopes: list[str | None], parts: int = 8, view=None) -> dict:
+    """Per envelope: power in each of `parts` spans of the frames (of `view(latents)` if given), and the class-mean
+    share (module docstring)."""
     report = {}
     for envelope in sorted({e for e in envelopes if e is not None}):
         rows = [i for i, e in enumerate(envelopes) if e == envelope]
@@ -57,7 +76,7 @@ def latent_levels(latents: torch.Tensor, labels: list[str], envelopes: list[str 
             shares.append((members.mean(0).pow(2).mean() / members.pow(2).mean()).item())
         report[envelope] = {
             "clips": len(rows),
-            "power_per_part": power_per_part(latents[rows], parts),
+            "power_per_part": power_per_part(latents[rows], parts, view),
             "class_mean_share": round(float(np.mean(shares)), 3),
         }
     return report
@@ -65,7 +84,8 @@ def latent_levels(latents: torch.Tensor, labels: list[str], envelopes: list[str 
 
 @torch.no_grad()
 def denoiser_levels(denoiser, latents: torch.Tensor, text: torch.Tensor, envelopes: list[str | None],
-                    sigmas=(1.0, 2.0, 4.0, 8.0), parts: int = 8, clips_per_envelope: int = 24, seed: int = 0) -> dict:
+                    sigmas=(1.0, 2.0, 4.0, 8.0), parts: int = 8, clips_per_envelope: int = 24, seed: int = 0,
+                    view=None) -> dict:
     """Per envelope and σ: the power in each of `parts` spans of the frames of D(z_0 + σ·n, σ, c) (`denoiser`: a
     `teacher_denoiser`; `text`: the clips' conditioning, (clips, tokens, width)), over the first
     `clips_per_envelope` clips of each envelope, with the same noise draw for every envelope; beside z_0's."""
@@ -75,10 +95,11 @@ def denoiser_levels(denoiser, latents: torch.Tensor, text: torch.Tensor, envelop
     for envelope in sorted({e for e in envelopes if e is not None}):
         rows = [i for i, e in enumerate(envelopes) if e == envelope][:clips_per_envelope]
         z0 = latents[rows]
-        report[envelope] = {"clips": len(rows), "data": power_per_part(z0, parts)}
+        report[envelope] = {"clips": len(rows), "data": power_per_part(z0, parts, view)}
         for sigma in sigmas:
             z_sigma = z0 + sigma * noise[sigma][: len(rows)]
-            report[envelope][f"sigma_{sigma:g}"] = power_per_part(denoiser.denoise(z_sigma, torch.full((len(rows),), sigma), text[rows]), parts)
+            denoised = denoiser.denoise(z_sigma, torch.full((len(rows),), sigma), text[rows])
+            report[envelope][f"sigma_{sigma:g}"] = power_per_part(denoised, parts, view)
     return report
 
 
@@ -140,7 +161,7 @@ def denoising_errors(denoiser, latents: torch.Tensor, cond: torch.Tensor, sigmas
 
 @torch.no_grad()
 def sampling_levels(denoiser, text: dict, noise: torch.Tensor, sigmas, report_sigmas=(16.0, 8.0, 4.0, 2.0, 1.0, 0.5),
-                    parts: int = 8) -> dict:
+                    parts: int = 8, view=None) -> dict:
     """Per caption (`text`: name → (1, tokens, width) conditioning) the power in each of `parts` spans of the frames of
     D(x_σ, σ, c) along an Euler solve of the probability-flow ODE, x ← D + (x − D)·σ_next/σ, from `noise`·σ_0 over the
     decreasing grid `sigmas` (ending at 0), at the grid points nearest to `report_sigmas`; "final": the solution's."""
@@ -152,9 +173,9 @@ def sampling_levels(denoiser, text: dict, noise: torch.Tensor, sigmas, report_si
         for i in range(len(sigmas) - 1):
             d = denoiser.denoise(x, torch.full((len(x),), sigmas[i]), cond.expand(len(x), *cond.shape[1:]))
             if i in report_at:
-                rows[f"sigma_{sigmas[i]:.3g}"] = power_per_part(d, parts)
+                rows[f"sigma_{sigmas[i]:.3g}"] = power_per_part(d, parts, view)
             x = d + (x - d) * (sigmas[i + 1] / sigmas[i])
-        report[name] = {**rows, "final": power_per_part(x, parts)}
+        report[name] = {**rows, "final": power_per_part(x, parts, view)}
     return report
 
 
@@ -173,20 +194,24 @@ def main(argv=None):
     vae = AutoencoderGaussianDAC.from_pretrained(args.vae).eval() if args.vae else pipe.vae
     records, mean, _ = training_posteriors(vae, args.data, args.latent_cache)
     latents = vae.standardize(mean).float()
-    report = latent_levels(latents, [r["label"] for r in records], [r.get("envelope") for r in records])
+    view = codec_view(vae, latents)
+    labels, envelopes = [r["label"] for r in records], [r.get("envelope") for r in records]
+    report = latent_levels(latents, labels, envelopes, view=view)
+    if view is not None:
+        print("gain channel: power per eighth of the rendered (codec) latents; class-mean share of all channels, "
+              "then of the gain channel alone")
     for envelope, row in report.items():
+        gain_share = f" / {latent_levels(latents[:, :1], labels, envelopes)[envelope]['class_mean_share']:.3f}" if view else ""
         print(f"{envelope:9s} {row['clips']:4d} clips  power per eighth {' '.join(f'{v:.3f}' for v in row['power_per_part'])}  "
-              f"class-mean share {row['class_mean_share']:.3f}")  # fmt: skip
+              f"class-mean share {row['class_mean_share']:.3f}{gain_share}")  # fmt: skip
 
     if pipe is None:
         return
-    envelopes = [r.get("envelope") for r in records]
     captions = sorted({r["caption"] for r in records})
     unique = pipe.encode_text(captions, torch.device("cpu"))
     position = {caption: i for i, caption in enumerate(captions)}
     text = unique[[position[r["caption"]] for r in records]]
     denoiser = teacher_denoiser(pipe)
-    labels = [r["label"] for r in records]
     classes, class_index = class_conditioning(labels)
     # the reference is fitted on half of each class's clips; the error comparison uses the other half
     fit, held = torch.arange(0, len(records), 2), torch.arange(1, len(records), 2)
@@ -213,10 +238,10 @@ def main(argv=None):
          {e: torch.tensor([[[float(class_index[r["label"]])]]]) for e, r in chosen.items()}),
     ):
         print(f"\n{name}: power per eighth of the denoised output D(z_0 + σ·n, σ, caption)")
-        print_levels(denoiser_levels(model, latents, conditioning, envelopes), width=9)
+        print_levels(denoiser_levels(model, latents, conditioning, envelopes, view=view), width=9)
         print(f"\non its own sampling path (8 seeds, no CFG): power per eighth of D, captions "
               f"{ {e: r['caption'] for e, r in chosen.items()} }")  # fmt: skip
-        print_levels(sampling_levels(model, paths, noise, grid), width=12)
+        print_levels(sampling_levels(model, paths, noise, grid, view=view), width=12)
 
 
 if __name__ == "__main__":
