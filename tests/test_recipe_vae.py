@@ -134,6 +134,7 @@ def test_gain_channel_puts_a_fade_in_one_channels_mean_and_decodes_as_the_plain_
     with torch.no_grad():
         z_plain, z_split = plain.encode(x).latent_dist.mean, split.encode(x).latent_dist.mean
         torch.testing.assert_close(split.decode(z_split).sample, plain.decode(z_plain).sample, atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(split.codec_latents(z_split), z_plain, atol=1e-6, rtol=1e-4)
     inner = slice(4, -4)  # frames that see no zero padding
 
     def class_mean_share(z):

@@ -220,12 +220,14 @@ class AutoencoderGaussianDAC(ModelMixin, ConfigMixin):
         """
         if z.ndim != 3 or z.shape[1] != self.config.latent_dim:
             raise ValueError(f"z must have shape (batch, {self.config.latent_dim}, frames), got {tuple(z.shape)}")
-        if self.config.gain_channel:
-            z = z[:, 1:] * z[:, :1].exp()
-        audio = self.decoder(self.post_conv(z))
+        audio = self.decoder(self.post_conv(self.codec_latents(z)))
         if not return_dict:
             return (audio,)
         return DecoderOutput(sample=audio)
+
+    def codec_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """What the decoder renders: `z` itself, or with a gain channel the shape channels times exp(gain)."""
+        return z[:, 1:] * z[:, :1].exp() if self.config.gain_channel else z
 
     def _split_gain(self, moments: torch.Tensor) -> torch.Tensor:
         """Codec posterior moments (mean, log-variance) → those of [log gain, shape]: the mean is transformed

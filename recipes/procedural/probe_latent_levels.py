@@ -30,7 +30,7 @@ import torch
 
 from soundctm import AutoencoderGaussianDAC, SoundCTMPipeline
 
-from .train_teacher import teacher_denoiser, training_posteriors
+from .train_teacher import rendered_latents, teacher_denoiser, training_posteriors
 
 
 def power_per_part(latents: torch.Tensor, parts: int, view=None) -> list[float]:
@@ -47,13 +47,8 @@ def codec_view(vae, reference: torch.Tensor):
     Frame powers of that view are comparable to those of a VAE without one. None for a VAE without one."""
     if not vae.config.gain_channel:
         return None
-
-    def codec(z):
-        z = vae.unstandardize(z)
-        return z[:, 1:] * z[:, :1].exp()
-
-    scale = vae.config.scaling_factor / codec(reference).pow(2).mean().sqrt()
-    return lambda z: codec(z) * scale
+    scale = vae.config.scaling_factor / rendered_latents(vae, reference).pow(2).mean().sqrt()
+    return lambda z: rendered_latents(vae, z) * scale
 
 
 def print_levels(report: dict, width: int) -> None:

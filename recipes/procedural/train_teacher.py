@@ -151,6 +151,12 @@ def level_change_db(latents: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def rendered_latents(vae, z: torch.Tensor) -> torch.Tensor:
+    """Standardised latents as they are, or for a VAE with a gain channel the codec latents its decoder renders (the
+    shape channels times exp(gain)): the latents whose frame levels are the sound's."""
+    return vae.codec_latents(vae.unstandardize(z)) if vae.config.gain_channel else z
+
+
 def envelope_check(pipe, latents: torch.Tensor, captions: list[str], envelopes: list[str | None],
                    guidance_scale: float = 5.0, samples_per_prompt: int = 4, num_inference_steps: int = 40) -> dict:
     """Do the teacher's samples fade where their captions say so? For each caption that names a fade, the level change
@@ -158,8 +164,10 @@ def envelope_check(pipe, latents: torch.Tensor, captions: list[str], envelopes: 
     latent z_0, averaged per envelope; and the samples' overall level against the real clips' (dB). Measured on
     samples, not on one denoiser output from pure noise: the demo's latents average to ~0 over the clips of a class,
     so a fade lives in the frames' variance, not in their mean, and only the sampler shows whether the network gives
-    quiet frames less of it (recipes/procedural/README.md)."""
+    quiet frames less of it (recipes/procedural/README.md). With a gain-channel VAE the levels are those of what its
+    decoder renders (`rendered_latents`)."""
     report, sample_power, real_power = {}, [], []
+    latents = rendered_latents(pipe.vae, latents)
     real = level_change_db(latents)
     for envelope in ("fade_in", "fade_out"):
         rows = [i for i, e in enumerate(envelopes) if e == envelope]
@@ -169,7 +177,7 @@ def envelope_check(pipe, latents: torch.Tensor, captions: list[str], envelopes: 
         noise = seeded_noise(pipe, [seed for _ in rows for seed in range(samples_per_prompt)])
         samples = pipe(prompts, latents=noise, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                        output_type="latent").audios
-        samples = torch.as_tensor(samples).float()
+        samples = rendered_latents(pipe.vae, torch.as_tensor(samples).float())
         report[f"samples_{envelope}_db"] = round(level_change_db(samples).mean().item(), 1)
         report[f"real_{envelope}_db"] = round(real[rows].mean().item(), 1)
         sample_power.append(samples.pow(2).mean())
