@@ -2,11 +2,12 @@
 44.1 kHz model, layer for layer, as one diffusers model with a teacher/student switch.
 
 Input z (B, C, T) → zero-initialised 1×1 pre-conv (residual) → tokens (B, T, C) → `proj_in` to the width →
-one global token [emb(t) + emb(s) + emb(ω)] prepended → pre-norm blocks (self-attention with partial rotary
-positions, cross-attention to the conditioning tokens, SwiGLU feed-forward) → `proj_out` → global token
-dropped → zero-initialised 1×1 post-conv (residual). t and s share the Fourier features and the MLP;
-ω enters as a parameter-free sinusoidal embedding of 1000·ω. The teacher (`is_student=False`) takes only t;
-the student adds no parameters, so it is initialised from the teacher's weights by `load_state_dict`.
+one global token [emb(t) + emb(s) + emb(ω)] prepended (→ optional absolute sinusoidal positions, off in the
+authors' models) → pre-norm blocks (self-attention with partial rotary positions, cross-attention to the
+conditioning tokens, SwiGLU feed-forward) → `proj_out` → global token dropped → zero-initialised 1×1 post-conv
+(residual). t and s share the Fourier features and the MLP; ω enters as a parameter-free sinusoidal embedding of
+1000·ω. The teacher (`is_student=False`) takes only t; the student adds no parameters, so it is initialised from
+the teacher's weights by `load_state_dict`.
 
 Parameter names of the authors' `CTMDiffusionTransformer` map onto this class by `AUTHORS_KEY_RENAMES`
 (applied by `convert_authors_state_dict`), a strict one-to-one renaming.
@@ -131,6 +132,21 @@ class MLPEmbedding(nn.Module):
         return self.linear_2(F.silu(self.linear_1(x)))
 
 
+class ScaledSinusoidalPositionEmbedding(nn.Module):
+    """Absolute positions as [sin(p·f), cos(p·f)], f = 10000^(−k/(dim/2)), times one trained scale that starts at
+    dim^−0.5: stable-audio-tools' `ScaledSinusoidalEmbedding`, its transformer's `use_sinusoidal_emb` option."""
+
+    def __init__(self, dim: int, theta: float = 10000.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1) * dim**-0.5)
+        half = dim // 2
+        self.register_buffer("inv_freq", theta ** -(torch.arange(half).float() / half), persistent=False)
+
+    def forward(self, seq_len: int, device) -> torch.Tensor:
+        angles = torch.arange(seq_len, device=device, dtype=torch.float32)[:, None] * self.inv_freq.to(device)[None]
+        return torch.cat((angles.sin(), angles.cos()), dim=-1) * self.scale
+
+
 def guidance_scale_embedding(omega: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embedding of 1000·ω (sin half, then cos half), as the authors embed the teacher's CFG scale."""
     half = dim // 2
@@ -234,6 +250,10 @@ class SoundCTMDiTModel(ModelMixin, ConfigMixin):
         sample_size (`int`, defaults to 432): latent frames the model was trained on (432 × 1024 / 44100 ≈ 10.03 s).
         is_student (`bool`, defaults to True): the CTM student takes the jump target s and the teacher's CFG scale ω;
             the teacher (`False`) takes only t.
+        sinusoidal_position_embedding (`bool`, defaults to False): also add absolute sinusoidal positions (with a
+            trained scale) to the tokens, stable-audio-tools' `use_sinusoidal_emb`. Off in the authors' models
+            (rotary positions only) and in the bundled demo teacher; `train_teacher --sinusoidal-positions` tries it
+            (recipes/procedural/README.md has what it measured).
     """
 
     _supports_gradient_checkpointing = True
@@ -251,6 +271,7 @@ class SoundCTMDiTModel(ModelMixin, ConfigMixin):
         ff_mult: int = 4,
         sample_size: int = 432,
         is_student: bool = True,
+        sinusoidal_position_embedding: bool = False,
     ):
         super().__init__()
         if cross_attention_dim % attention_head_dim or num_attention_heads % (cross_attention_dim // attention_head_dim):
@@ -274,6 +295,7 @@ class SoundCTMDiTModel(ModelMixin, ConfigMixin):
         self.proj_out = nn.Linear(dim, in_channels, bias=False)
         self.postprocess_conv = nn.Conv1d(in_channels, in_channels, 1, bias=False)
         self.register_buffer("rotary_inv_freq", rotary_inv_freq(attention_head_dim), persistent=False)
+        self.position_embedding = ScaledSinusoidalPositionEmbedding(dim) if sinusoidal_position_embedding else None
         self.gradient_checkpointing = False
         self._init_weights()
 
@@ -357,6 +379,8 @@ class SoundCTMDiTModel(ModelMixin, ConfigMixin):
         x = self.preprocess_conv(hidden_states) + hidden_states
         x = self.proj_in(x.transpose(1, 2))
         x = torch.cat([emb[:, None].to(x.dtype), x], dim=1)
+        if self.position_embedding is not None:  # added to every token, the global one included (stable-audio-tools)
+            x = x + self.position_embedding(x.shape[1], device).to(x.dtype)
         rotary_freqs = self._rotary_freqs(x.shape[1], device)
 
         block_states = []
