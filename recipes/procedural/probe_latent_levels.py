@@ -195,8 +195,9 @@ def main(argv=None):
     if view is not None:
         print("gain channel: power per eighth of the rendered (codec) latents; class-mean share of all channels, "
               "then of the gain channel alone")
+    gain_report = latent_levels(latents[:, :1], labels, envelopes) if view is not None else None
     for envelope, row in report.items():
-        gain_share = f" / {latent_levels(latents[:, :1], labels, envelopes)[envelope]['class_mean_share']:.3f}" if view else ""
+        gain_share = f" / {gain_report[envelope]['class_mean_share']:.3f}" if gain_report else ""
         print(f"{envelope:9s} {row['clips']:4d} clips  power per eighth {' '.join(f'{v:.3f}' for v in row['power_per_part'])}  "
               f"class-mean share {row['class_mean_share']:.3f}{gain_share}")  # fmt: skip
 
