@@ -23,13 +23,13 @@ from soundctm import SoundCTMPipeline
 from .common import generate
 from .evaluate import accuracy, attribute_accuracy
 from .make_data import read_split
+from .train_teacher import first_per_class
 
 
-def split_gain_guidance(transformer, omega: float, gain_omega: float) -> None:
+def split_gain_guidance(transformer, forward, omega: float, gain_omega: float) -> None:
     """Make the pipeline's CFG use `gain_omega` on channel 0 and `omega` elsewhere: the unconditional half of the
     transformer's output on channel 0 is replaced by c − (ω_gain − 1)/(ω − 1)·(c − u), so that u' + ω(c − u') =
-    u + ω_gain(c − u) there (CFG is linear in F)."""
-    forward = transformer.forward
+    u + ω_gain(c − u) there (CFG is linear in F). `forward`: the transformer's own forward."""
 
     def guided(*args, **kwargs):
         out = forward(*args, **kwargs)
@@ -62,16 +62,13 @@ def main(argv=None):
         parser.error(f"--teacher {args.teacher}: its VAE has no gain channel (gain_channel=false)")
     pipe.set_progress_bar_config(disable=True)
     records, audio = read_split(args.data, "test")
-    first = {}
-    for i, r in enumerate(records):
-        first.setdefault(r["label"], i)
-    rows = list(first.values())
+    rows = first_per_class(records)
     prompts = [records[i]["caption"] for i in rows]
     real = [audio[i].astype(np.float32) / 32768.0 for i in rows]
     print(json.dumps({"real_level_db": round(level_db(real), 1), "real_mean_peak": round(float(np.mean([np.abs(c).max() for c in real])), 3)}))
+    forward = pipe.transformer.forward
     for gain_omega in (float(g) for g in args.gain_omegas.split(",")):
-        pipe.transformer.forward = type(pipe.transformer).forward.__get__(pipe.transformer)
-        split_gain_guidance(pipe.transformer, args.omega, gain_omega)
+        split_gain_guidance(pipe.transformer, forward, args.omega, gain_omega)
         start = time.time()
         clips = generate(pipe, prompts, seeds=range(len(prompts)), num_inference_steps=40, guidance_scale=args.omega)
         with torch.no_grad():

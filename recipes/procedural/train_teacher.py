@@ -187,15 +187,20 @@ def envelope_check(pipe, latents: torch.Tensor, captions: list[str], envelopes: 
     return report
 
 
+def first_per_class(records: list[dict]) -> list[int]:
+    """Index of each class's first record, in order of first appearance: one held-out prompt per class."""
+    first = {}
+    for i, r in enumerate(records):
+        first.setdefault(r["label"], i)
+    return list(first.values())
+
+
 def check_teacher(pipe, data: str, omegas: list[float], per_prompt: bool = False) -> dict:
     """The closing check, on one held-out prompt (and its clip) per class: `conditioning_check` at σ = 1,
     `envelope_check` at the first CFG scale ω, and the analytic evaluator's prompt adherence and share of attributes
     matched of Heun-40 samples at each ω; with `per_prompt`, also what the evaluator measured in each sample."""
     test_records, test_audio = read_split(data, "test")
-    first = {}
-    for i, r in enumerate(test_records):
-        first.setdefault(r["label"], i)
-    rows = list(first.values())
+    rows = first_per_class(test_records)
     prompts = [test_records[i]["caption"] for i in rows]
     with torch.no_grad():
         audio = torch.from_numpy(test_audio[rows].astype(np.float32) / 32768.0)
