@@ -251,6 +251,7 @@ def test_bad_input_fails_with_a_clear_error_before_training(workdir, tmp_path):
         (("--max_heun_steps", "10"), r"--max_heun_steps must be in \[1, 9\]"),
         (("--max_train_minutes", "0"), r"--max_train_minutes must be > 0"),
         (("--config", str(config)), r"unknown settings \['learning_rat'\]"),
+        (("--gain_guidance_scale", "1"), "--gain_guidance_scale 1.0 needs a teacher whose VAE has a gain channel"),
     ]
     for extra, message in cases:
         with pytest.raises(ValueError, match=message):

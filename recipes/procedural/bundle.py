@@ -31,7 +31,8 @@ def bundle(source: str, target: Path, student: bool) -> int:
     scheduler_class = CTMScheduler if student else EDMHeunScheduler
     scheduler = scheduler_class.from_config(pipe.scheduler.config)
     transformer, vae = pipe.transformer.to(torch.float16), pipe.vae.to(torch.float16)
-    bundled = demo_pipeline(vae, transformer, scheduler, pipe.text_encoder, pipe.tokenizer)
+    gain_guidance = pipe.config.get("gain_guidance_scale")  # kept; on a gain-channel VAE, the recipe's if unset
+    bundled = demo_pipeline(vae, transformer, scheduler, pipe.text_encoder, pipe.tokenizer, gain_guidance)
     if target.exists():
         shutil.rmtree(target)
     save_without_text_encoder(bundled, target)
