@@ -259,6 +259,21 @@ def test_bad_input_fails_with_a_clear_error_before_training(workdir, tmp_path):
     assert not os.path.isdir(workdir / "bad" / "checkpoint-1")
 
 
+def test_a_gain_channel_teacher_passes_its_gain_guidance_on_and_the_student_keeps_nu_off_that_channel(workdir, tmp_path):
+    from tiny_models import tiny_vae
+
+    tiny = tiny_pipeline(student=False)
+    teacher = SoundCTMPipeline(**{**tiny.components, "vae": tiny_vae(gain_channel=True)}, gain_guidance_scale=2.0)
+    teacher.save_pretrained(str(tmp_path / "teacher"))
+    argv = ["--pretrained_teacher_model", str(tmp_path / "teacher"), "--dataset_name"]
+    argv += [str(workdir / "wavs" / "metadata.jsonl"), "--audio_column", "file_name", "--report_to", "none"]
+    args = parse_args(argv + ["--output_dir", str(tmp_path / "student"), "--max_train_steps", "1", "--num_timesteps", "10"])
+    main(args)
+    assert args.gain_guidance_scale == 2.0  # the teacher's own setting, since no flag overrode it
+    student = SoundCTMPipeline.from_pretrained(str(tmp_path / "student"))
+    assert student.is_student and student.config.gain_guidance_scale == 1.0
+
+
 def test_an_empty_manifest_with_a_header_is_an_empty_stream(workdir, tmp_path):
     empty = tmp_path / "empty.csv"
     empty.write_text("file_name,caption\n")

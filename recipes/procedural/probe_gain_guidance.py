@@ -3,9 +3,10 @@
 The bundled teacher's samples come out far louder than the clips (check_teacher: +33 dB in rendered latents). With a
 gain-channel VAE, channel 0 is a log level, so CFG's extrapolation uncond + ω(cond − uncond) scales log level
 differences: a guess is that this is where the excess comes from. This probe samples the held-out prompts (one per
-class, seeds 0…) with Heun-40 at CFG ω on the shape channels and ω_gain on the gain channel, and prints, per ω_gain,
-prompt adherence, share of attributes matched, the waveforms' mean level and peak against the real clips', the share
-of samples at full scale, and the re-encoded gain channel's mean. ω_gain = ω is the pipeline's plain CFG.
+class, seeds 0…) with Heun-40 at CFG ω on the shape channels and ω_gain on the gain channel (the pipeline's
+`gain_guidance_scale`), and prints, per ω_gain, prompt adherence, share of attributes matched, the waveforms' mean
+level and peak against the real clips', the share of samples at full scale, and the re-encoded gain channel's mean.
+ω_gain = ω is plain CFG on every channel.
 
     python -m recipes.procedural.probe_gain_guidance --teacher assets/soundctm-demo/teacher \
         --data runs/procedural/data --gain-omegas 5,1,2.5
@@ -24,24 +25,6 @@ from .common import generate
 from .evaluate import accuracy, attribute_accuracy
 from .make_data import read_split
 from .train_teacher import first_per_class
-
-
-def split_gain_guidance(transformer, forward, omega: float, gain_omega: float) -> None:
-    """Make the pipeline's CFG use `gain_omega` on channel 0 and `omega` elsewhere: the unconditional half of the
-    transformer's output on channel 0 is replaced by c − (ω_gain − 1)/(ω − 1)·(c − u), so that u' + ω(c − u') =
-    u + ω_gain(c − u) there (CFG is linear in F). `forward`: the transformer's own forward."""
-
-    def guided(*args, **kwargs):
-        out = forward(*args, **kwargs)
-        F = out[0]
-        if gain_omega == omega or F.shape[0] % 2:
-            return out
-        uncond, cond = F.chunk(2)
-        uncond = uncond.clone()
-        uncond[:, 0] = cond[:, 0] - (gain_omega - 1) / (omega - 1) * (cond[:, 0] - uncond[:, 0])
-        return (torch.cat([uncond, cond]), *out[1:])
-
-    transformer.forward = guided
 
 
 def level_db(clips) -> float:
@@ -66,11 +49,10 @@ def main(argv=None):
     prompts = [records[i]["caption"] for i in rows]
     real = [audio[i].astype(np.float32) / 32768.0 for i in rows]
     print(json.dumps({"real_level_db": round(level_db(real), 1), "real_mean_peak": round(float(np.mean([np.abs(c).max() for c in real])), 3)}))
-    forward = pipe.transformer.forward
     for gain_omega in (float(g) for g in args.gain_omegas.split(",")):
-        split_gain_guidance(pipe.transformer, forward, args.omega, gain_omega)
         start = time.time()
-        clips = generate(pipe, prompts, seeds=range(len(prompts)), num_inference_steps=40, guidance_scale=args.omega)
+        clips = generate(pipe, prompts, seeds=range(len(prompts)), num_inference_steps=40, guidance_scale=args.omega,
+                         gain_guidance_scale=gain_omega)  # fmt: skip
         with torch.no_grad():
             z = pipe.vae.encode(torch.from_numpy(np.stack(clips)).float()[:, None]).latent_dist.mean
         print(json.dumps({
