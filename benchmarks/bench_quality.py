@@ -8,7 +8,8 @@ always starts from the noise of seed i, so every row sees the same prompts and t
      accuracy (every attribute the prompt names is measured in the clip), the share of named attributes matched
      (`evaluate.attribute_accuracy`, partial adherence), Fréchet distance to the real test clips
      on the evaluator's 24-number feature vector, and wall time against the teacher's (same process, same batches;
-     sampling alone and with the VAE decode). Reference rows: the real clips themselves, another draw of real clips
+     sampling alone and with the VAE decode), and the clips' mean level and share that reach full scale (clipping).
+     Reference rows: the real clips themselves, another draw of real clips
      of the same classes (the Fréchet distance's noise floor), and the VAE's reconstructions (its ceiling).
   2. content preservation (Table 7): the distance between the 1-step and the 16-step result from the same noise
      for γ = 0, 0.2, 0.5, 1, by two measures: the log-mel distance (dB, `evaluate.content_distance`) and the cosine
@@ -80,6 +81,8 @@ def quality(clips, prompts, real_features) -> dict:
         "accuracy": accuracy(clips, prompts),
         "attributes": attribute_accuracy(clips, prompts),
         "frechet": frechet_distance(np.stack([features(c) for c in clips]), real_features),
+        "level_db": float(10 * np.log10(np.mean([np.mean(np.square(c)) for c in clips]) + 1e-12)),
+        "full_scale": float(np.mean([np.abs(c).max() >= 0.999 for c in clips])),  # the pipeline clamps to [-1, 1]
     }
 
 
@@ -191,19 +194,24 @@ def main(argv=None):
             json.dump(results, f, indent=2)
 
 
+def level(row: dict) -> str:
+    """Mean level of the clips (dB re full scale) and the share of clips that reach full scale, as two cells."""
+    return f"{row['level_db']:.1f} | {100 * row['full_scale']:.0f} %"
+
+
 def markdown(results: dict, teacher_row: str) -> str:
     rows = results["generation"]
     teacher_acc = rows[teacher_row]["accuracy"]
     lines = [
         f"Held-out paraphrases, {results['prompts']} prompts, prompt i from the noise of seed i, ω = {results['omega']:g}.",
         "",
-        "| | prompt adherence ↑ | attributes matched ↑ | Fréchet distance ↓ | time vs teacher (sampling) | (with VAE decode) |",
-        "|---|---|---|---|---|---|",
+        "| | prompt adherence ↑ | attributes matched ↑ | Fréchet distance ↓ | level (dB) | at full scale | time vs teacher (sampling) | (with VAE decode) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
         ratio = f"{row['time_ratio']:.3f}" if "time_ratio" in row else "–"
         ratio_d = f"{row['time_ratio_with_decode']:.3f}" if "time_ratio" in row else "–"
-        lines.append(f"| {name} | {100 * row['accuracy']:.1f} % | {100 * row['attributes']:.1f} % | {row['frechet']:.2f} | {ratio} | {ratio_d} |")
+        lines.append(f"| {name} | {100 * row['accuracy']:.1f} % | {100 * row['attributes']:.1f} % | {row['frechet']:.2f} | {level(row)} | {ratio} | {ratio_d} |")
     one, sixteen = rows["student, 1 step (γ 0, ν 1)"]["accuracy"], rows["student, 16 steps (γ 0, ν 1)"]["accuracy"]
     pres, latent = results["content_preservation_db"], results["content_preservation_latent"]
 
@@ -226,8 +234,8 @@ def markdown(results: dict, teacher_row: str) -> str:
         "|---|---|---|",
     ]
     lines += [f"| {name} | {m:.2f} ± {s:.2f} | {latent[name][0]:.3f} ± {latent[name][1]:.3f} |" for name, (m, s) in pres.items()]
-    lines += ["", "ν at 8 steps (γ 0)", "", "| | prompt adherence ↑ | attributes matched ↑ | Fréchet distance ↓ |", "|---|---|---|---|"]
-    lines += [f"| {n} | {100 * r['accuracy']:.1f} % | {100 * r['attributes']:.1f} % | {r['frechet']:.2f} |" for n, r in results["nu_8_steps"].items()]
+    lines += ["", "ν at 8 steps (γ 0)", "", "| | prompt adherence ↑ | attributes matched ↑ | Fréchet distance ↓ | level (dB) | at full scale |", "|---|---|---|---|---|---|"]
+    lines += [f"| {n} | {100 * r['accuracy']:.1f} % | {100 * r['attributes']:.1f} % | {r['frechet']:.2f} | {level(r)} |" for n, r in results["nu_8_steps"].items()]
     src = results["per_source_accuracy"]
     names = list(src)
     lines += ["", "Prompt adherence by source", "", "| source | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
