@@ -1,12 +1,12 @@
 """Probe: how loud are a gain-channel teacher's samples, and does CFG on the gain channel cause it?
 
-The bundled teacher's samples come out far louder than the clips (check_teacher: +33 dB in rendered latents). With a
-gain-channel VAE, channel 0 is a log level, so CFG's extrapolation uncond + ω(cond − uncond) scales log level
-differences: a guess is that this is where the excess comes from. This probe samples the held-out prompts (one per
-class, seeds 0…) with Heun-40 at CFG ω on the shape channels and ω_gain on the gain channel (the pipeline's
-`gain_guidance_scale`), and prints, per ω_gain, prompt adherence, share of attributes matched, the waveforms' mean
-level and peak against the real clips', the share of samples at full scale, and the re-encoded gain channel's mean.
-ω_gain = ω is plain CFG on every channel.
+With a gain-channel VAE, channel 0 is a log level, so CFG's extrapolation uncond + ω(cond − uncond) scales log level
+differences. This probe (run on the teacher bundled before `gain_guidance_scale` existed, whose samples were louder
+than the clips) showed that this is where the excess came from; the recipe now sets 1 there. It samples the
+held-out prompts (one per class, seeds 0…) with Heun-40 at CFG ω on the shape channels and ω_gain on the gain
+channel (the pipeline's `gain_guidance_scale`), and prints, per ω_gain, prompt adherence, share of attributes
+matched, the waveforms' mean level and peak against the real clips', the share of samples at full scale, and the
+re-encoded gain channel's mean. ω_gain = ω is plain CFG on every channel.
 
     python -m recipes.procedural.probe_gain_guidance --teacher assets/soundctm-demo/teacher \
         --data runs/procedural/data --gain-omegas 5,1,2.5
