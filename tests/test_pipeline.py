@@ -119,6 +119,9 @@ def test_gain_channel_takes_its_own_guidance_and_the_others_nu_or_omega(student,
     assert pipe.channel_guidance(1.0) is None and pipe.channel_guidance(3.0)[0, :, 0].tolist() == [1.0, 3.0, 3.0, 3.0]
     pipe.save_pretrained(tmp_path)
     assert SoundCTMPipeline.from_pretrained(tmp_path).config.gain_guidance_scale == 1.0
+    from soundctm.pipeline_soundctm_bwe import SoundCTMBandwidthExtensionPipeline
+
+    assert SoundCTMBandwidthExtensionPipeline.from_pipe(pipe).config.gain_guidance_scale == 1.0  # companions keep it
 
 
 def test_gain_guidance_is_refused_without_a_gain_channel_or_when_not_finite(pipe):
