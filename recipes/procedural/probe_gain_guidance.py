@@ -6,7 +6,8 @@ than the clips) showed that this is where the excess came from; the recipe now s
 held-out prompts (one per class, seeds 0…) with Heun-40 at CFG ω on the shape channels and ω_gain on the gain
 channel (the pipeline's `gain_guidance_scale`), and prints, per ω_gain, prompt adherence, share of attributes
 matched, the waveforms' mean level and peak against the real clips', the share of samples at full scale, and the
-re-encoded gain channel's mean. ω_gain = ω is plain CFG on every channel.
+re-encoded gain channel's mean. ω_gain = ω is plain CFG on every channel. On a student (`--pipeline`, `--steps 1,16`) the gain channel's value is
+its ν there, the shape channels' is `--nu`.
 
     python -m recipes.procedural.probe_gain_guidance --teacher assets/soundctm-demo/teacher \
         --data runs/procedural/data --gain-omegas 5,1,2.5
@@ -33,30 +34,35 @@ def level_db(clips) -> float:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", required=True, help="teacher pipeline folder whose VAE has a gain channel")
+    parser.add_argument("--teacher", "--pipeline", dest="pipeline", required=True,
+                        help="teacher or student pipeline folder whose VAE has a gain channel")  # fmt: skip
     parser.add_argument("--data", required=True, help="the recipe's data folder (its test split is used)")
     parser.add_argument("--omega", type=float, default=5.0, help="CFG scale ω on the shape channels")
-    parser.add_argument("--gain-omegas", default="5,1", help="CFG scales on the gain channel, comma-separated")
+    parser.add_argument("--gain-omegas", default="5,1",
+                        help="guidance on the gain channel (a teacher's CFG, a student's ν), comma-separated")  # fmt: skip
+    parser.add_argument("--steps", default=None, help="sampling steps, comma-separated (default: 40 / 1 for a student)")
+    parser.add_argument("--nu", type=float, default=1.0, help="a student's ν on the shape channels")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    pipe = SoundCTMPipeline.from_pretrained(args.teacher, dtype=torch.float32)
+    pipe = SoundCTMPipeline.from_pretrained(args.pipeline, dtype=torch.float32)
     if not pipe.vae.config.gain_channel:
-        parser.error(f"--teacher {args.teacher}: its VAE has no gain channel (gain_channel=false)")
+        parser.error(f"--pipeline {args.pipeline}: its VAE has no gain channel (gain_channel=false)")
+    steps = [int(n) for n in args.steps.split(",")] if args.steps else [pipe.default_num_inference_steps]
     pipe.set_progress_bar_config(disable=True)
     records, audio = read_split(args.data, "test")
     rows = first_per_class(records)
     prompts = [records[i]["caption"] for i in rows]
     real = [audio[i].astype(np.float32) / 32768.0 for i in rows]
     print(json.dumps({"real_level_db": round(level_db(real), 1), "real_mean_peak": round(float(np.mean([np.abs(c).max() for c in real])), 3)}))
-    for gain_omega in (float(g) for g in args.gain_omegas.split(",")):
+    for num_steps, gain_omega in ((n, float(g)) for n in steps for g in args.gain_omegas.split(",")):
         start = time.time()
-        clips = generate(pipe, prompts, seeds=range(len(prompts)), num_inference_steps=40, guidance_scale=args.omega,
-                         gain_guidance_scale=gain_omega)  # fmt: skip
+        clips = generate(pipe, prompts, seeds=range(len(prompts)), num_inference_steps=num_steps,
+                         guidance_scale=args.omega, nu=args.nu, gain_guidance_scale=gain_omega)  # fmt: skip
         with torch.no_grad():
             z = pipe.vae.encode(torch.from_numpy(np.stack(clips)).float()[:, None]).latent_dist.mean
         print(json.dumps({
-            "omega": args.omega, "gain_omega": gain_omega,
+            "steps": num_steps, "omega": args.omega, "gain_omega": gain_omega,
             "accuracy": round(accuracy(clips, prompts), 3), "attributes": round(attribute_accuracy(clips, prompts), 3),
             "level_db": round(level_db(clips), 1), "mean_peak": round(float(np.mean([np.abs(c).max() for c in clips])), 3),
             "share_at_full_scale": round(float(np.mean([np.abs(c).max() >= 0.999 for c in clips])), 3),
