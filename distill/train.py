@@ -1051,8 +1051,8 @@ def main(args: argparse.Namespace) -> str:
     # The EMA student as a SoundCTM pipeline folder.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        student = exported_student(target, export_ema)
-        student_pipeline(pipe, student, scheduler, args.gain_guidance_scale is not None).save_pretrained(args.output_dir)
+        exported = student_pipeline(pipe, exported_student(target, export_ema), scheduler, args.gain_guidance_scale is not None)
+        exported.save_pretrained(args.output_dir)
         logger.info(f"saved the student pipeline to {args.output_dir}")
         if args.push_to_hub:
             from huggingface_hub import create_repo, upload_folder

@@ -6,11 +6,13 @@ than the clips) showed that this is where the excess came from; the recipe now s
 held-out prompts (one per class, seeds 0…) with Heun-40 at CFG ω on the shape channels and ω_gain on the gain
 channel (the pipeline's `gain_guidance_scale`), and prints, per ω_gain, prompt adherence, share of attributes
 matched, the waveforms' mean level and peak against the real clips', the share of samples at full scale, and the
-re-encoded gain channel's mean. ω_gain = ω is plain CFG on every channel. On a student (`--pipeline`, `--steps 1,16`) the gain channel's value is
-its ν there, the shape channels' is `--nu`.
+re-encoded gain channel's mean. ω_gain = ω is plain CFG on every channel. On a student (`--pipeline`, `--steps`)
+the value is its ν on the gain channel; `--nu` is the shape channels'.
 
     python -m recipes.procedural.probe_gain_guidance --teacher assets/soundctm-demo/teacher \
         --data runs/procedural/data --gain-omegas 5,1,2.5
+    python -m recipes.procedural.probe_gain_guidance --pipeline assets/soundctm-demo/student \
+        --data runs/procedural/data --gain-omegas 1,2,3 --steps 1,16
 """
 
 import argparse
