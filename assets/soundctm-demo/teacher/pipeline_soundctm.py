@@ -360,9 +360,9 @@ class SoundCTMPipeline(DiffusionPipeline):
         negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "np",
         return_dict: bool = True,
-        gain_guidance_scale: float | None = None,
         callback_on_step_end: Callable[["SoundCTMPipeline", int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        gain_guidance_scale: float | None = None,
     ) -> AudioPipelineOutput | tuple:
         r"""
         Generates sound from text.
