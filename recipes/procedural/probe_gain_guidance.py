@@ -34,6 +34,15 @@ def level_db(clips) -> float:
     return float(10 * np.log10(np.mean([np.mean(np.square(c)) for c in clips])))
 
 
+@torch.no_grad()
+def latent_stats(vae, clips) -> dict:
+    """Where a level lives in the re-encoded clips: the gain channel's mean (a frame's log level) and the shape
+    channels' RMS (at most 1: the codec channels over their frame gain, less in frames near the gain floor, and
+    less when the content is smeared)."""
+    z = vae.encode(torch.from_numpy(np.stack(clips)).float()[:, None]).latent_dist.mean
+    return {"gain_channel_mean": round(z[:, 0].mean().item(), 3), "shape_rms": round(z[:, 1:].pow(2).mean().sqrt().item(), 3)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", "--pipeline", dest="pipeline", required=True,
@@ -56,19 +65,18 @@ def main(argv=None):
     rows = first_per_class(records)
     prompts = [records[i]["caption"] for i in rows]
     real = [audio[i].astype(np.float32) / 32768.0 for i in rows]
-    print(json.dumps({"real_level_db": round(level_db(real), 1), "real_mean_peak": round(float(np.mean([np.abs(c).max() for c in real])), 3)}))
+    print(json.dumps({"real_level_db": round(level_db(real), 1), "real_mean_peak": round(float(np.mean([np.abs(c).max() for c in real])), 3),
+                      **{f"real_{k}": v for k, v in latent_stats(pipe.vae, real).items()}}))  # fmt: skip
     for num_steps, gain_omega in ((n, float(g)) for n in steps for g in args.gain_omegas.split(",")):
         start = time.time()
         clips = generate(pipe, prompts, seeds=range(len(prompts)), num_inference_steps=num_steps,
                          guidance_scale=args.omega, nu=args.nu, gain_guidance_scale=gain_omega)  # fmt: skip
-        with torch.no_grad():
-            z = pipe.vae.encode(torch.from_numpy(np.stack(clips)).float()[:, None]).latent_dist.mean
         print(json.dumps({
             "steps": num_steps, "omega": args.omega, "gain_omega": gain_omega,
             "accuracy": round(accuracy(clips, prompts), 3), "attributes": round(attribute_accuracy(clips, prompts), 3),
             "level_db": round(level_db(clips), 1), "mean_peak": round(float(np.mean([np.abs(c).max() for c in clips])), 3),
             "share_at_full_scale": round(float(np.mean([np.abs(c).max() >= 0.999 for c in clips])), 3),
-            "gain_channel_mean": round(z[:, 0].mean().item(), 3), "minutes": round((time.time() - start) / 60, 1),
+            **latent_stats(pipe.vae, clips), "minutes": round((time.time() - start) / 60, 1),
         }), flush=True)
 
 
