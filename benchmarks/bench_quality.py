@@ -43,6 +43,8 @@ from recipes.procedural.evaluate import (  # noqa: E402
     content_distance,
     features,
     frechet_distance,
+    full_scale_share,
+    mean_level_db,
     score,
 )
 from recipes.procedural.make_data import read_split  # noqa: E402
@@ -81,8 +83,8 @@ def quality(clips, prompts, real_features) -> dict:
         "accuracy": accuracy(clips, prompts),
         "attributes": attribute_accuracy(clips, prompts),
         "frechet": frechet_distance(np.stack([features(c) for c in clips]), real_features),
-        "level_db": float(10 * np.log10(np.mean([np.mean(np.square(c)) for c in clips]) + 1e-12)),
-        "full_scale": float(np.mean([np.abs(c).max() >= 0.999 for c in clips])),  # the pipeline clamps to [-1, 1]
+        "level_db": mean_level_db(clips),
+        "full_scale": full_scale_share(clips),
     }
 
 

@@ -224,6 +224,16 @@ def attribute_accuracy(clips, prompts) -> float:
     return float(np.mean(shares))
 
 
+def mean_level_db(clips) -> float:
+    """The clips' mean power, in dB re full scale."""
+    return float(10 * np.log10(np.mean([np.mean(np.square(c)) for c in clips]) + 1e-12))
+
+
+def full_scale_share(clips) -> float:
+    """Share of clips whose peak reaches full scale (the pipelines clamp to [-1, 1], so these clipped)."""
+    return float(np.mean([np.abs(c).max() >= 0.999 for c in clips]))
+
+
 # ------------------------------------------------------------------------------------------------ distances
 def mel_filterbank(n_mels: int, n_fft: int = N_FFT, f_min: float = 40.0, f_max: float = 20000.0) -> np.ndarray:
     """Triangular filters equally spaced on the mel scale from f_min to f_max, shape (n_mels, n_fft // 2 + 1)."""

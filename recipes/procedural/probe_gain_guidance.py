@@ -25,13 +25,9 @@ import torch
 from soundctm import SoundCTMPipeline
 
 from .common import generate
-from .evaluate import accuracy, attribute_accuracy
+from .evaluate import accuracy, attribute_accuracy, full_scale_share, mean_level_db
 from .make_data import read_split
 from .train_teacher import first_per_class
-
-
-def level_db(clips) -> float:
-    return float(10 * np.log10(np.mean([np.mean(np.square(c)) for c in clips])))
 
 
 @torch.no_grad()
@@ -65,7 +61,7 @@ def main(argv=None):
     rows = first_per_class(records)
     prompts = [records[i]["caption"] for i in rows]
     real = [audio[i].astype(np.float32) / 32768.0 for i in rows]
-    print(json.dumps({"real_level_db": round(level_db(real), 1), "real_mean_peak": round(float(np.mean([np.abs(c).max() for c in real])), 3),
+    print(json.dumps({"real_level_db": round(mean_level_db(real), 1), "real_mean_peak": round(float(np.mean([np.abs(c).max() for c in real])), 3),
                       **{f"real_{k}": v for k, v in latent_stats(pipe.vae, real).items()}}))  # fmt: skip
     for num_steps, gain_omega in ((n, float(g)) for n in steps for g in args.gain_omegas.split(",")):
         start = time.time()
@@ -74,8 +70,8 @@ def main(argv=None):
         print(json.dumps({
             "steps": num_steps, "omega": args.omega, "gain_omega": gain_omega,
             "accuracy": round(accuracy(clips, prompts), 3), "attributes": round(attribute_accuracy(clips, prompts), 3),
-            "level_db": round(level_db(clips), 1), "mean_peak": round(float(np.mean([np.abs(c).max() for c in clips])), 3),
-            "share_at_full_scale": round(float(np.mean([np.abs(c).max() >= 0.999 for c in clips])), 3),
+            "level_db": round(mean_level_db(clips), 1), "mean_peak": round(float(np.mean([np.abs(c).max() for c in clips])), 3),
+            "share_at_full_scale": round(full_scale_share(clips), 3),
             **latent_stats(pipe.vae, clips), "minutes": round((time.time() - start) / 60, 1),
         }), flush=True)
 

@@ -430,6 +430,8 @@ class SoundCTMPipeline(DiffusionPipeline):
         # Student: ν combines its conditional and unconditional outputs. Teacher: CFG with ω.
         guidance = self.channel_guidance(float(nu) if is_student else float(guidance_scale), gain_guidance_scale)
         do_guidance = guidance is not None
+        if do_guidance:
+            guidance = guidance.to(device)
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt,
             device,
@@ -468,7 +470,7 @@ class SoundCTMPipeline(DiffusionPipeline):
                 )[0].float()
                 if do_guidance:
                     uncond, cond = model_output.chunk(2)
-                    model_output = uncond + guidance.to(device) * (cond - uncond)  # Eq. (10) / CFG, linear in F
+                    model_output = uncond + guidance * (cond - uncond)  # Eq. (10) / CFG, linear in F
                 latents = self.scheduler.step(model_output, t, latents, generator=generator).prev_sample
 
                 if callback_on_step_end is not None:
