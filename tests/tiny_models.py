@@ -4,12 +4,13 @@ Used by the tests of every part of the project (pipeline, distillation, hub expo
 """
 
 import json
+import math
 
 import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import BertConfig, BertModel, BertTokenizer, ClapTextConfig, ClapTextModelWithProjection, RobertaTokenizer
 
-from soundctm import AutoencoderGaussianDAC, CTMScheduler, EDMHeunScheduler, SoundCTMDiTModel, SoundCTMPipeline
+from soundctm import AutoencoderGaussianDAC, AutoencoderLogMel, CTMScheduler, EDMHeunScheduler, SoundCTMDiTModel, SoundCTMPipeline
 
 WORDS = (
     "a the dog barks cat meows bird chirps siren wails rain falls on roof engine hums loud soft low high pitch "
@@ -88,6 +89,23 @@ def tiny_vae(seed: int = 0, **overrides) -> AutoencoderGaussianDAC:
     )
     config.update(overrides)
     return AutoencoderGaussianDAC(**config).eval()
+
+
+def tiny_log_mel_vae(seed: int = 0, latent_dim: int = 8) -> AutoencoderLogMel:
+    """A small spectral codec (n_fft 256, 16 mel bands, 2 STFT frames of hop 64 per latent frame) whose projection is
+    a PCA fitted to tones (random pitch, level ramp and phase) and white noise, like the demo's codec."""
+    from recipes.procedural.train_codec import fit_codec
+
+    g = torch.Generator().manual_seed(seed)
+    codec = AutoencoderLogMel(n_fft=256, stft_hop_length=64, frames_per_latent=2, n_mels=16, latent_dim=latent_dim,
+                              griffin_lim_iters=8).eval()  # fmt: skip
+    t = torch.arange(64 * codec.hop_length) / codec.config.sampling_rate
+    ramps = 10 ** (torch.linspace(-30, 0, len(t))[None] * torch.randn(16, 1, generator=g) / 20)
+    freqs = 200 * 2 ** (5 * torch.rand(8, 1, generator=g))
+    tones = torch.sin(2 * math.pi * freqs * t + 6.3 * torch.rand(8, 1, generator=g))
+    signals = 0.3 * ramps * torch.cat([tones, 0.3 * torch.randn(8, len(t), generator=g)])
+    fit_codec(codec, (signals.clamp(-1, 1) * 32767).to(torch.int16).numpy())
+    return codec
 
 
 def tiny_transformer(cross_attention_dim: int, is_student: bool = True, seed: int = 0, **overrides) -> SoundCTMDiTModel:

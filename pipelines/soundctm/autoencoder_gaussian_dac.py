@@ -8,7 +8,8 @@ convolution weights (weight = g · v / ‖v‖), which is what their code does b
 The latent statistics used by the diffusion model live in the config: training standardises
 `z_norm = (z - latents_mean) / latents_std * scaling_factor` and the pipeline inverts it before decoding.
 
-This file only imports torch, numpy and diffusers so that diffusers' dynamic loader can load it.
+This file imports only torch, numpy, diffusers and its sibling `latent_statistics.py`, so that diffusers' dynamic
+loader can load it.
 """
 
 import math
@@ -20,6 +21,8 @@ from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+
+from .latent_statistics import LatentStatisticsMixin
 
 
 class Snake1d(nn.Module):
@@ -111,7 +114,7 @@ class Decoder(nn.Module):
         return self.model(x)
 
 
-class AutoencoderGaussianDAC(ModelMixin, ConfigMixin):
+class AutoencoderGaussianDAC(LatentStatisticsMixin, ModelMixin, ConfigMixin):
     """
     Gaussian DAC variational autoencoder for waveforms.
 
@@ -126,14 +129,6 @@ class AutoencoderGaussianDAC(ModelMixin, ConfigMixin):
         latents_mean, latents_std (`list[float]`, *optional*): per-channel latent statistics (the authors'
             `z_stats.pth`); `None` means 0 and 1.
         scaling_factor (`float`, defaults to 0.5): σ_d; standardised latents are scaled to this standard deviation.
-        gain_channel (`bool`, defaults to False): a gain-shape split of the latent (not in the authors' models). The
-            encoder and decoder then work on `latent_dim - 1` channels; the first exposed channel is each frame's
-            log gain, ½·log(ms + `gain_floor`²) of those channels' mean square ms, and the others are the channels
-            divided by exp(gain). The decoder multiplies them back, so reconstruction is unchanged, but a sound's envelope
-            (a fade, a train of pulses) becomes one channel's value instead of the variance of all of them, which is
-            what a diffusion model trained with a squared error learns first.
-        gain_floor (`float`, defaults to 0.02): in the encoder's latent units; it keeps the log gain of silent frames
-            finite (their shape channels go to ~0) and should be about the posterior's std.
     """
 
     _supports_gradient_checkpointing = False
@@ -151,8 +146,6 @@ class AutoencoderGaussianDAC(ModelMixin, ConfigMixin):
         latents_mean: list[float] | None = None,
         latents_std: list[float] | None = None,
         scaling_factor: float = 0.5,
-        gain_channel: bool = False,
-        gain_floor: float = 0.02,
     ):
         super().__init__()
         if int(np.prod(encoder_rates)) != int(np.prod(decoder_rates)):
@@ -164,22 +157,14 @@ class AutoencoderGaussianDAC(ModelMixin, ConfigMixin):
         for name, stats in (("latents_mean", latents_mean), ("latents_std", latents_std)):
             if stats is not None and len(stats) != latent_dim:
                 raise ValueError(f"{name} must have latent_dim={latent_dim} entries, got {len(stats)}")
-        if gain_channel and (latent_dim < 2 or gain_floor <= 0):
-            raise ValueError(f"gain_channel needs latent_dim >= 2 and gain_floor > 0, got {latent_dim} and {gain_floor}")
-        codec_dim = self.codec_dim
-        self.encoder = Encoder(encoder_dim, list(encoder_rates), codec_dim, audio_channels)
-        self.decoder = Decoder(codec_dim, decoder_dim, list(decoder_rates), audio_channels)
-        self.pre_conv = nn.Conv1d(2 * codec_dim, 2 * codec_dim, 1)
-        self.post_conv = nn.Conv1d(codec_dim, codec_dim, 1)
+        self.encoder = Encoder(encoder_dim, list(encoder_rates), latent_dim, audio_channels)
+        self.decoder = Decoder(latent_dim, decoder_dim, list(decoder_rates), audio_channels)
+        self.pre_conv = nn.Conv1d(2 * latent_dim, 2 * latent_dim, 1)
+        self.post_conv = nn.Conv1d(latent_dim, latent_dim, 1)
         for module in self.modules():
             if isinstance(module, nn.Conv1d):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
-
-    @property
-    def codec_dim(self) -> int:
-        """Channels of the encoder's output and the decoder's input: `latent_dim`, less the gain channel if any."""
-        return self.config.latent_dim - int(self.config.gain_channel)
 
     @property
     def hop_length(self) -> int:
@@ -204,8 +189,6 @@ class AutoencoderGaussianDAC(ModelMixin, ConfigMixin):
         right_pad = -audio.shape[-1] % self.hop_length
         audio = nn.functional.pad(audio, (0, right_pad))
         moments = self.pre_conv(self.encoder(audio))
-        if self.config.gain_channel:
-            moments = self._split_gain(moments)
         posterior = DiagonalGaussianDistribution(moments)
         if not return_dict:
             return (posterior,)
@@ -220,41 +203,10 @@ class AutoencoderGaussianDAC(ModelMixin, ConfigMixin):
         """
         if z.ndim != 3 or z.shape[1] != self.config.latent_dim:
             raise ValueError(f"z must have shape (batch, {self.config.latent_dim}, frames), got {tuple(z.shape)}")
-        audio = self.decoder(self.post_conv(self.codec_latents(z)))
+        audio = self.decoder(self.post_conv(z))
         if not return_dict:
             return (audio,)
         return DecoderOutput(sample=audio)
-
-    def codec_latents(self, z: torch.Tensor) -> torch.Tensor:
-        """What the decoder renders: `z` itself, or with a gain channel the shape channels times exp(gain)."""
-        return z[:, 1:] * z[:, :1].exp() if self.config.gain_channel else z
-
-    def _split_gain(self, moments: torch.Tensor) -> torch.Tensor:
-        """Codec posterior moments (mean, log-variance) → those of [log gain, shape]: the mean is transformed
-        exactly, the variances to first order (a shape channel's std is the codec's over the gain; the log gain's
-        is the codec's mean std over gain · √channels)."""
-        mean, logvar = moments.chunk(2, dim=1)
-        log_gain = 0.5 * (mean.pow(2).mean(dim=1, keepdim=True) + self.config.gain_floor**2).log()
-        gain = log_gain.exp()
-        shape_logvar = logvar - 2 * log_gain
-        gain_logvar = shape_logvar.exp().mean(dim=1, keepdim=True).log() - math.log(mean.shape[1])
-        return torch.cat([log_gain, mean / gain, gain_logvar, shape_logvar], dim=1)
-
-    def _latent_stats(self, z: torch.Tensor):
-        c = self.config.latent_dim
-        mean = torch.zeros(c) if self.config.latents_mean is None else torch.tensor(self.config.latents_mean)
-        std = torch.ones(c) if self.config.latents_std is None else torch.tensor(self.config.latents_std)
-        return mean.to(z)[None, :, None], std.to(z)[None, :, None]
-
-    def standardize(self, z: torch.Tensor) -> torch.Tensor:
-        """VAE latent → the diffusion model's space: (z − mean) / std · scaling_factor."""
-        mean, std = self._latent_stats(z)
-        return (z - mean) / std * self.config.scaling_factor
-
-    def unstandardize(self, z_norm: torch.Tensor) -> torch.Tensor:
-        """The diffusion model's space → VAE latent: z_norm · std / scaling_factor + mean."""
-        mean, std = self._latent_stats(z_norm)
-        return z_norm * std / self.config.scaling_factor + mean
 
     def forward(self, audio: torch.Tensor, sample_posterior: bool = False, generator=None) -> DecoderOutput:
         posterior = self.encode(audio).latent_dist
