@@ -26,14 +26,11 @@ class DistillationTeacher(ABC):
     A frozen EDM-parameterised diffusion model seen by the distillation losses.
 
     `max_batch_size` (`int`, *optional*) caps the rows of one teacher call in `guided_denoise` (the solve's 2B rows
-    are then evaluated in chunks); `None` evaluates them in one call. `gain_omega` (`float`, *optional*): the CFG
-    scale of latent channel 0 when it is a VAE's log-gain channel, instead of ω (the pipeline's
-    `gain_guidance_scale`); `None` guides every channel with ω.
+    are then evaluated in chunks); `None` evaluates them in one call.
     """
 
     sigma_data: float
     max_batch_size: int | None = None
-    gain_omega: float | None = None
 
     @abstractmethod
     def denoise(self, z: torch.Tensor, sigma: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
@@ -48,16 +45,13 @@ class DistillationTeacher(ABC):
     @torch.no_grad()
     def guided_denoise(self, z, sigma, cond, uncond, omega) -> torch.Tensor:
         """D(∅) + ω·(D(c) − D(∅)) from the batch [z; z] with embeddings [cond; uncond]: one call, or chunks of at
-        most `max_batch_size` rows. With `gain_omega`, channel 0 takes it in place of ω."""
+        most `max_batch_size` rows."""
         z, sigma, embeds = torch.cat([z, z]), torch.cat([sigma, sigma]), torch.cat([cond, uncond])
         step = self.max_batch_size or len(z)
         denoised = torch.cat([self.denoise(z[i : i + step], sigma[i : i + step], embeds[i : i + step]) for i in range(0, len(z), step)])
         d_cond, d_uncond = denoised.chunk(2)
-        weights = omega.reshape(-1, *([1] * (z.ndim - 1))).to(d_cond.dtype)
-        if self.gain_omega is not None:
-            weights = weights.expand(-1, d_cond.shape[1], *([1] * (z.ndim - 2))).clone()
-            weights[:, 0] = float(self.gain_omega)
-        return d_uncond + weights * (d_cond - d_uncond)
+        omega = omega.reshape(-1, *([1] * (z.ndim - 1))).to(d_cond.dtype)
+        return d_uncond + omega * (d_cond - d_uncond)
 
 
 class SoundCTMTeacher(DistillationTeacher):
@@ -67,9 +61,7 @@ class SoundCTMTeacher(DistillationTeacher):
     with the blocks chained (the authors' feature code applies every block to the block-0 input instead).
     """
 
-    def __init__(
-        self, transformer: SoundCTMDiTModel, scheduler, max_batch_size: int | None = None, gain_omega: float | None = None
-    ):
+    def __init__(self, transformer: SoundCTMDiTModel, scheduler, max_batch_size: int | None = None):
         if transformer.config.is_student:
             raise ValueError("the teacher transformer must be in teacher mode (is_student=False)")
         if max_batch_size is not None and max_batch_size < 1:
@@ -78,7 +70,6 @@ class SoundCTMTeacher(DistillationTeacher):
         self.scheduler = scheduler
         self.sigma_data = float(scheduler.config.sigma_data)
         self.max_batch_size = max_batch_size
-        self.gain_omega = None if gain_omega is None else float(gain_omega)
 
     def _forward(self, z, sigma, encoder_hidden_states, features: bool):
         scale = self.scheduler.c_in(sigma).reshape(-1, 1, 1)

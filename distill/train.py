@@ -159,13 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--omega_min", type=float, default=1.0, help="ω_min of ω ~ U[ω_min, ω_max].")
     parser.add_argument("--omega_max", type=float, default=10.0, help="ω_max of ω ~ U[ω_min, ω_max].")
-    parser.add_argument(
-        "--gain_guidance_scale",
-        type=float,
-        default=None,
-        help="With a gain-channel VAE: the teacher's CFG scale on the log-gain channel instead of ω (default: the "
-        "teacher pipeline's gain_guidance_scale; None there = ω). The student is saved with ν = 1 on that channel.",
-    )
     parser.add_argument("--p_uncond", type=float, default=0.1, help="Probability that a caption is replaced by ''.")
     parser.add_argument(
         "--ctm_distance",
@@ -666,11 +659,8 @@ def load_train_state(path: str, accelerator: Accelerator) -> dict:
 
 
 # ================================================================================================ validation
-def student_pipeline(
-    pipe: SoundCTMPipeline, transformer: SoundCTMDiTModel, scheduler: CTMScheduler, gain_guided: bool = False
-) -> SoundCTMPipeline:
-    """The teacher's VAE and text encoder with a student transformer and the CTM scheduler. `gain_guided`: the
-    teacher's gain channel was distilled with its own CFG scale, so the student's ν leaves that channel alone (1)."""
+def student_pipeline(pipe: SoundCTMPipeline, transformer: SoundCTMDiTModel, scheduler: CTMScheduler) -> SoundCTMPipeline:
+    """The teacher's VAE and text encoder with a student transformer and the CTM scheduler."""
     student_pipe = SoundCTMPipeline(
         vae=pipe.vae,
         text_encoder=pipe.text_encoder,
@@ -678,7 +668,6 @@ def student_pipeline(
         transformer=transformer,
         scheduler=CTMScheduler.from_config(scheduler.config),
         text_embedding=pipe.config.text_embedding,
-        gain_guidance_scale=1.0 if gain_guided else None,
     )
     student_pipe.set_progress_bar_config(disable=True)
     return student_pipe
@@ -687,7 +676,7 @@ def student_pipeline(
 @torch.no_grad()
 def log_validation(accelerator, args, pipe, transformer, scheduler, step: int) -> None:
     """1-step and N-step samples of the validation prompts (the same noise per prompt) to the trackers."""
-    student_pipe = student_pipeline(pipe, transformer, scheduler, args.gain_guidance_scale is not None)
+    student_pipe = student_pipeline(pipe, transformer, scheduler)
     rate = pipe.vae.config.sampling_rate
     for steps in args.validation_inference_steps:
         for i, prompt in enumerate(args.validation_prompts):
@@ -825,16 +814,7 @@ def main(args: argparse.Namespace) -> str:
         sigma_data=teacher_config.sigma_data,
         rho=teacher_config.rho,
     )
-    if args.gain_guidance_scale is None:
-        args.gain_guidance_scale = pipe.config.get("gain_guidance_scale")
-    if args.gain_guidance_scale is not None and not getattr(pipe.vae.config, "gain_channel", False):
-        raise ValueError(
-            f"--gain_guidance_scale {args.gain_guidance_scale} needs a teacher whose VAE has a gain channel "
-            "(vae.config.gain_channel=True); this one has none: leave it unset"
-        )
-    teacher = SoundCTMTeacher(
-        pipe.transformer, scheduler, max_batch_size=args.teacher_batch_size, gain_omega=args.gain_guidance_scale
-    )
+    teacher = SoundCTMTeacher(pipe.transformer, scheduler, max_batch_size=args.teacher_batch_size)
     if abs(pipe.vae.config.scaling_factor - scheduler.config.sigma_data) > 1e-6:
         logger.warning(
             f"the VAE's scaling_factor ({pipe.vae.config.scaling_factor}) differs from the teacher's sigma_data "
@@ -1051,7 +1031,7 @@ def main(args: argparse.Namespace) -> str:
     # The EMA student as a SoundCTM pipeline folder.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        exported = student_pipeline(pipe, exported_student(target, export_ema), scheduler, args.gain_guidance_scale is not None)
+        exported = student_pipeline(pipe, exported_student(target, export_ema), scheduler)
         exported.save_pretrained(args.output_dir)
         logger.info(f"saved the student pipeline to {args.output_dir}")
         if args.push_to_hub:

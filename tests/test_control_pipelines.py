@@ -305,7 +305,7 @@ def test_a_saved_companion_loads_back_as_itself(student, tmp_path):
     pipe = companion(SoundCTMAudioToAudioPipeline, student)
     pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
-    assert index["_class_name"] == ["pipeline_soundctm", "SoundCTMAudioToAudioPipeline"]
+    assert index["_class_name"] == ["pipeline_soundctm_audio2audio", "SoundCTMAudioToAudioPipeline"]
     assert {"pipeline.py", "guidance.py", "signal_ops.py"} <= set(os.listdir(tmp_path))
     loaded = DiffusionPipeline.from_pretrained(tmp_path, trust_remote_code=True)
     assert type(loaded).__name__ == "SoundCTMAudioToAudioPipeline"

@@ -43,7 +43,7 @@ def test_converted_folder_has_safetensors_configs_code_card_and_an_fp16_variant(
         assert not any(f.endswith((".bin", ".pt", ".pth", ".ckpt")) for f in files)
         for component, weights in (("transformer", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")):
             assert {f"{component}/{weights}.safetensors", f"{component}/{weights}.fp16.safetensors"} <= files
-        assert {"README.md", "pipeline_soundctm.py", "transformer/transformer_soundctm_dit.py", "vae/autoencoder_gaussian_dac.py",
+        assert {"README.md", "pipeline.py", "transformer/transformer_soundctm_dit.py", "vae/autoencoder_gaussian_dac.py",
                 "scheduler/scheduling_ctm.py", "tokenizer/tokenizer_config.json"} <= files
         assert not [p for p in folder.parent.iterdir() if p.name != folder.name], "temporary folders left behind"
         index = json.loads((folder / "model_index.json").read_text())

@@ -63,7 +63,7 @@ def test_card_snippet_runs_the_exported_repo_in_a_process_that_never_imports_sou
     from soundctm import SoundCTMPipeline
 
     files = {p.relative_to(exported).as_posix() for p in exported.rglob("*") if p.is_file()}
-    assert {"README.md", "model_index.json", "pipeline_soundctm.py", "transformer/transformer_soundctm_dit.py",
+    assert {"README.md", "model_index.json", "pipeline.py", "transformer/transformer_soundctm_dit.py",
             "vae/autoencoder_gaussian_dac.py", "scheduler/scheduling_ctm.py",
             "transformer/diffusion_pytorch_model.fp16.safetensors"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pth")) for f in files)

@@ -38,10 +38,12 @@ def test_saved_folder_has_safetensors_weights_and_its_code(saved):
     assert not any(f.endswith((".bin", ".pt", ".pth", ".ckpt")) for f in files)
     assert {"transformer/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
             "text_encoder/model.safetensors"} <= files
-    assert {"pipeline_soundctm.py", "transformer/transformer_soundctm_dit.py", "vae/autoencoder_gaussian_dac.py",
+    assert {"pipeline.py", "transformer/transformer_soundctm_dit.py", "vae/autoencoder_gaussian_dac.py",
             "scheduler/scheduling_ctm.py"} <= files
+    code = [f for f in files if f.endswith(".py")]
+    assert len({(folder / f).read_text() for f in code}) == len(code)  # each code file once
     index = json.loads((folder / "model_index.json").read_text())
-    assert index["_class_name"] == ["pipeline_soundctm", "SoundCTMPipeline"]
+    assert index["_class_name"] == ["pipeline", "SoundCTMPipeline"]
     assert index["transformer"] == ["transformer_soundctm_dit", "SoundCTMDiTModel"]
 
 
@@ -107,7 +109,7 @@ def test_resaving_a_loaded_pipeline_round_trips(saved, tmp_path):
     loaded.save_pretrained(tmp_path)  # a dynamically loaded pipeline copies its own code files again
     again = SoundCTMPipeline.from_pretrained(tmp_path)
     np.testing.assert_allclose(reference_audio(again), reference_audio(pipe), rtol=1e-4, atol=1e-6)
-    assert (tmp_path / "pipeline_soundctm.py").read_text() == (folder / "pipeline_soundctm.py").read_text()
+    assert (tmp_path / "pipeline.py").read_text() == (folder / "pipeline.py").read_text()
 
 
 def test_a_missing_folder_is_named_in_the_error(tmp_path):

@@ -82,57 +82,6 @@ def test_nu_combination_equals_two_separate_calls(pipe):
         torch.testing.assert_close(mixed, uncond + nu * (cond - uncond), rtol=1e-4, atol=1e-5)
 
 
-def gain_channel_pipeline(student: bool, gain_guidance_scale):
-    p = tiny_pipeline(student=student)
-    p = SoundCTMPipeline(
-        vae=tiny_vae(gain_channel=True), text_encoder=p.text_encoder, tokenizer=p.tokenizer,
-        transformer=p.transformer, scheduler=p.scheduler, gain_guidance_scale=gain_guidance_scale,
-    )  # fmt: skip
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
-@pytest.mark.parametrize("student", [True, False])
-def test_gain_channel_takes_its_own_guidance_and_the_others_nu_or_omega(student, tmp_path):
-    pipe = gain_channel_pipeline(student, gain_guidance_scale=1.0)
-    key = "nu" if student else "guidance_scale"
-    steps = 1  # one step of either sampler (a CTM jump; Heun's last step is Euler to σ = 0) is linear in F
-    kw = dict(num_inference_steps=steps, latents=torch.randn(1, 4, 16, generator=gen(5)), output_type="latent")
-    if not student:
-        kw["guidance_scale"] = 1.0
-    cond = pipe("a siren wails", **kw).audios
-    kw.pop("guidance_scale", None)
-    plain = pipe("a siren wails", gain_guidance_scale=3.0, **{key: 3.0}, **kw).audios  # every channel at 3
-    mixed = pipe("a siren wails", **{key: 3.0}, **kw).audios  # the config's 1 on channel 0
-    torch.testing.assert_close(mixed[:, 0], cond[:, 0], rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(mixed[:, 1:], plain[:, 1:], rtol=1e-4, atol=1e-4)
-    assert not torch.allclose(mixed[:, 0], plain[:, 0])
-    if student:  # the same through the jump the control pipelines use
-        from soundctm.guidance import ctm_jump
-
-        embeds = pipe.encode_text(["a siren wails"], torch.device("cpu"))
-        uncond = pipe.encode_text([""], torch.device("cpu"))
-        z, t, s = kw["latents"] * 80.0, 80.0, 0.002
-        jumped = ctm_jump(pipe, z, t, s, embeds, 5.0, uncond, nu=3.0)
-        torch.testing.assert_close(jumped, mixed, rtol=1e-4, atol=1e-4)
-    # ω = ν = 1 with the gain channel at 1 runs only the conditional branch; the setting survives save/load
-    assert pipe.channel_guidance(1.0) is None and pipe.channel_guidance(3.0)[0, :, 0].tolist() == [1.0, 3.0, 3.0, 3.0]
-    pipe.save_pretrained(tmp_path)
-    assert SoundCTMPipeline.from_pretrained(tmp_path).config.gain_guidance_scale == 1.0
-    from soundctm.pipeline_soundctm_bwe import SoundCTMBandwidthExtensionPipeline
-
-    assert SoundCTMBandwidthExtensionPipeline.from_pipe(pipe).config.gain_guidance_scale == 1.0  # companions keep it
-
-
-def test_gain_guidance_is_refused_without_a_gain_channel_or_when_not_finite(pipe):
-    with pytest.raises(ValueError, match="`gain_guidance_scale` applies only to a VAE with a gain channel"):
-        pipe("a dog barks", gain_guidance_scale=1.0, output_type="latent")
-    with pytest.raises(ValueError, match="`gain_guidance_scale` applies only to a VAE with a gain channel"):
-        SoundCTMPipeline(**pipe.components, gain_guidance_scale=1.0)
-    with pytest.raises(ValueError, match="`gain_guidance_scale` must be a finite number or None"):
-        gain_channel_pipeline(True, 1.0)("a dog barks", gain_guidance_scale=float("nan"), output_type="latent")
-
-
 def test_nu_one_skips_the_unconditional_half_and_equals_the_full_path(pipe):
     batches = []
     hook = pipe.transformer.register_forward_pre_hook(lambda m, args, kwargs: batches.append(args[0].shape[0]), with_kwargs=True)
