@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
+from huggingface_hub import ModelCard
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -222,6 +223,27 @@ def _check_number(name: str, value, low: float, high: float, integer: bool = Fal
     return int(value) if integer else float(value)
 
 
+def duration_slider(max_len: float) -> tuple[float, float]:
+    """(step, end) of the duration slider: a round step (0.1 s for a 4 s model, 1 s for a 30 s one) and the model's
+    length rounded up to it, so the slider shows "4.1", not "4.08671201814059"; its end means the full length."""
+    step = 10.0 ** math.floor(math.log10(max_len / 20))
+    digits = max(0, -math.floor(math.log10(step)))
+    return step, round(math.ceil(max_len / step - 1e-9) * step, digits)
+
+
+def model_example_prompts(pipe) -> list[str]:
+    """The example prompts of the model card (README.md, `widget` metadata) in the pipeline's folder, if any."""
+    readme = Path(getattr(pipe.config, "_name_or_path", None) or "") / "README.md"
+    if not readme.is_file():
+        return []
+    try:
+        widget = ModelCard.load(readme).data.to_dict().get("widget") or []
+    except Exception:  # a card without metadata, or with some we cannot read: no examples from it
+        logger.warning("could not read the examples of %s", readme, exc_info=True)
+        return []
+    return [entry["text"] for entry in widget if isinstance(entry, dict) and isinstance(entry.get("text"), str)]
+
+
 def _exact(value: float) -> str:
     """The shortest text that reads back as the same float ("5", "0.05"): a copied command gives the same sound."""
     return np.format_float_positional(value, trim="-")
@@ -256,7 +278,7 @@ class Settings:
         head = [
             f"prompt: {self.prompt}",
             f"negative prompt: {self.negative_prompt or '(none)'}",
-            f"seed: {self.seed}   ω (omega): {self.omega:g}   ν (nu): {self.nu:g}   γ (gamma): {self.gamma:g}   duration: {self.duration:g} s",
+            f"seed: {self.seed}   ω (omega): {self.omega:g}   ν (nu): {self.nu:g}   γ (gamma): {self.gamma:g}   duration: {self.duration:.2f} s",
         ]
         return "\n".join(head + lines)
 
@@ -311,9 +333,10 @@ class SoundCTMApp:
             raise invalid("The negative prompt must be text.")
         pipe = self.student.get()
         max_len = float(pipe.max_audio_length_in_s)
-        duration = max_len if duration is None else _check_number("Duration (s)", duration, 0.0, max_len + 1e-6)
+        slider_max = duration_slider(max_len)[1]  # the slider's end, the model's length rounded up to its step
+        duration = max_len if duration is None else _check_number("Duration (s)", duration, 0.0, slider_max)
         if duration <= 0:
-            raise invalid(f"Duration (s) must be more than 0 and at most {max_len:g}")
+            raise invalid(f"Duration (s) must be more than 0 and at most {slider_max:g}")
         return Settings(
             prompt=prompt.strip(),
             negative_prompt=(negative_prompt or "").strip() or None,
@@ -415,6 +438,11 @@ class SoundCTMApp:
         return f"{self.slot_label(slot)}: {elapsed:.2f} s"
 
     # ----------------------------------------------------------------------------------------- page
+    def example_prompts(self) -> list[str]:
+        """Prompts the loaded student knows (its model card's examples), else general sound-effect prompts."""
+        pipe = self.student.loaded
+        return (model_example_prompts(pipe) if pipe is not None else []) or EXAMPLES
+
     def model_text(self) -> str:
         teacher = f"`{self.teacher.model}`" if self.teacher else "none"
         return f"Model: `{self.student.model}` · teacher: {teacher}"
@@ -426,8 +454,7 @@ class SoundCTMApp:
                 lazy.get()
             except gr.Error as err:
                 logger.error("%s", err.message)
-        max_len = self.max_duration() or 10.0
-        duration_step = 10.0 ** math.floor(math.log10(max_len / 20))
+        duration_step, duration_max = duration_slider(self.max_duration() or 10.0)
         compare_fn, drafts_fn, refine_fn = on_gpu(self.compare), on_gpu(self.drafts), on_gpu(self.refine)
         queue = dict(concurrency_id="model", concurrency_limit=concurrency)
 
@@ -445,14 +472,14 @@ class SoundCTMApp:
                 # No minimum/maximum here: the handlers check the seed and name it in their message.
                 seed = gr.Number(label="Seed", value=0, precision=0, info=SEED_INFO, scale=2, elem_id="seed")
                 random_seed = gr.Button("Random seed", scale=1, min_width=120)
-                duration = gr.Slider(duration_step, max_len, value=max_len, step=duration_step, label="Duration (s)", scale=3,
+                duration = gr.Slider(duration_step, duration_max, value=duration_max, step=duration_step, label="Duration (s)", scale=3,
                                      info="Length of the clip (the model makes at most this much).")
             with gr.Accordion("Guidance and noise", open=True):
                 with gr.Row():
                     omega = gr.Slider(*OMEGA_RANGE, value=5.0, step=0.5, label="ω (omega): prompt strength", info=OMEGA_INFO)
                     nu = gr.Slider(*NU_RANGE, value=1.0, step=0.5, label="ν (nu): extra guidance", info=NU_INFO)
                     gamma = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="γ (gamma): fresh noise", info=GAMMA_INFO)
-            gr.Examples(EXAMPLES, inputs=prompt, label="Examples (click one to fill the prompt)")
+            gr.Examples(self.example_prompts(), inputs=prompt, label="Examples (click one to fill the prompt)")
 
             with gr.Tabs():
                 with gr.Tab("Compare step counts"):

