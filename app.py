@@ -147,7 +147,7 @@ class LazyPipeline:
         """One pipeline call on its own copy of the scheduler (its timesteps are per call), so calls may overlap."""
         pipe = self.get()
         own = type(pipe)(**{**pipe.components, "scheduler": pipe.scheduler.__class__.from_config(pipe.scheduler.config)},
-                         text_embedding=pipe.config.text_embedding)
+                         text_embedding=pipe.config.text_embedding, guidance_scale=pipe.default_guidance_scale)
         return own(**kwargs).audios
 
 
@@ -438,6 +438,11 @@ class SoundCTMApp:
         return f"{self.slot_label(slot)}: {elapsed:.2f} s"
 
     # ----------------------------------------------------------------------------------------- page
+    def default_guidance_scale(self) -> float:
+        """Where the ω sliders start: the loaded student's own ω (5 until it loads)."""
+        pipe = self.student.loaded
+        return float(pipe.default_guidance_scale) if pipe is not None else 5.0
+
     def example_prompts(self) -> list[str]:
         """Prompts the loaded student knows (its model card's examples), else general sound-effect prompts."""
         pipe = self.student.loaded
@@ -476,7 +481,7 @@ class SoundCTMApp:
                                      info="Length of the clip (the model makes at most this much).")
             with gr.Accordion("Guidance and noise", open=True):
                 with gr.Row():
-                    omega = gr.Slider(*OMEGA_RANGE, value=5.0, step=0.5, label="ω (omega): prompt strength", info=OMEGA_INFO)
+                    omega = gr.Slider(*OMEGA_RANGE, value=self.default_guidance_scale(), step=0.5, label="ω (omega): prompt strength", info=OMEGA_INFO)
                     nu = gr.Slider(*NU_RANGE, value=1.0, step=0.5, label="ν (nu): extra guidance", info=NU_INFO)
                     gamma = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="γ (gamma): fresh noise", info=GAMMA_INFO)
             gr.Examples(self.example_prompts(), inputs=prompt, label="Examples (click one to fill the prompt)")
@@ -532,7 +537,8 @@ class SoundCTMApp:
                                                  interactive=False, buttons=["copy"], elem_id="refine-settings")
 
                 # Loudness curve, bandwidth extension, audio -> audio (issue 7); endpoints /intensity, /bandwidth, /audio2audio.
-                add_control_tabs(self.student.get, model_arg=self._model_arg(self.student), wrap=on_gpu, queue_kwargs=queue)
+                add_control_tabs(self.student.get, model_arg=self._model_arg(self.student), wrap=on_gpu, queue_kwargs=queue,
+                                 guidance_scale=self.default_guidance_scale())
 
             # ----------------------------------------------------------------------------------------- events
             random_seed.click(lambda: secrets.randbelow(MAX_SEED + 1), outputs=seed, api_visibility="private", queue=False)

@@ -103,8 +103,10 @@ def spectrogram_image(audio: np.ndarray, sampling_rate: int, title: str, cutoff_
 class ControlTabs:
     """The handlers behind the three tabs; `get_pipeline()` returns the loaded student pipeline."""
 
-    def __init__(self, get_pipeline: Callable, model_arg: str | None = None, ditto_iterations: int = DITTO2_ITERATIONS):
+    def __init__(self, get_pipeline: Callable, model_arg: str | None = None, ditto_iterations: int = DITTO2_ITERATIONS,
+                 guidance_scale: float = 5.0):
         self.get_pipeline = get_pipeline
+        self.guidance_scale = guidance_scale  # the ω sliders' start: the model's own ω
         self.model_arg = model_arg  # `--model` for the CLI command shown beside a result (None: the CLI's default)
         self.ditto_iterations = ditto_iterations
 
@@ -231,7 +233,7 @@ class ControlTabs:
 
         def guidance_row(with_gamma: bool = True) -> list:
             with gr.Row():
-                sliders = [gr.Slider(0.0, 20.0, value=5.0, step=0.5, label="ω (omega)"),
+                sliders = [gr.Slider(0.0, 20.0, value=self.guidance_scale, step=0.5, label="ω (omega)"),
                            gr.Slider(0.0, 20.0, value=1.0, step=0.5, label="ν (nu)")]  # fmt: skip
                 if with_gamma:
                     sliders.append(gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="γ (gamma)"))
@@ -308,8 +310,10 @@ class ControlTabs:
 
 
 def add_control_tabs(get_pipeline: Callable, model_arg: str | None = None, wrap: Callable = lambda fn: fn,
-                     queue_kwargs: dict | None = None, ditto_iterations: int = DITTO2_ITERATIONS) -> ControlTabs:  # fmt: skip
-    """Adds the Loudness curve, Bandwidth extension and Audio → audio tabs inside the current `gr.Blocks`/`gr.Tabs`."""
-    tabs = ControlTabs(get_pipeline, model_arg, ditto_iterations)
+                     queue_kwargs: dict | None = None, ditto_iterations: int = DITTO2_ITERATIONS,
+                     guidance_scale: float = 5.0) -> ControlTabs:  # fmt: skip
+    """Adds the Loudness curve, Bandwidth extension and Audio → audio tabs inside the current `gr.Blocks`/`gr.Tabs`;
+    their ω sliders start at `guidance_scale`."""
+    tabs = ControlTabs(get_pipeline, model_arg, ditto_iterations, guidance_scale)
     tabs.build(wrap, queue_kwargs)
     return tabs

@@ -248,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--validation_inference_steps", type=int, nargs="*", default=[1, 16], help="Student step counts to log."
     )
-    parser.add_argument("--validation_guidance_scale", type=float, default=5.0, help="ω of the validation samples.")
+    parser.add_argument(
+        "--validation_guidance_scale", type=float, default=None, help="ω of the validation samples (default: the teacher pipeline's own)."
+    )
     parser.add_argument("--validation_nu", type=float, default=1.0, help="ν of the validation samples.")
     # ----------Hub----------
     parser.add_argument("--push_to_hub", action="store_true", help="Upload the student pipeline at the end.")
@@ -668,6 +670,7 @@ def student_pipeline(pipe: SoundCTMPipeline, transformer: SoundCTMDiTModel, sche
         transformer=transformer,
         scheduler=CTMScheduler.from_config(scheduler.config),
         text_embedding=pipe.config.text_embedding,
+        guidance_scale=pipe.default_guidance_scale,  # the teacher's own ω is the student's default
     )
     student_pipe.set_progress_bar_config(disable=True)
     return student_pipe

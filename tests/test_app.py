@@ -212,6 +212,7 @@ def test_examples_are_the_models_own_prompts_else_general_ones(app_module, model
     own = app_module.SoundCTMApp(str(tmp_path / "student"))
     own.student.get()
     assert own.example_prompts() == ["a slow siren", "fast clicks"]
+    assert general.default_guidance_scale() == own.student.get().default_guidance_scale == 5.0  # where ω starts
 
 
 def test_duration_shows_rounded_seconds_and_its_end_is_the_full_length(app_module, soundctm_app, reference):

@@ -6,7 +6,7 @@ import logging as pylogging
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_pipeline, tiny_vae
+from tiny_models import tiny_pipeline
 
 from soundctm import CTMScheduler, EDMHeunScheduler, SoundCTMPipeline
 
@@ -114,6 +114,22 @@ def test_omega_is_an_input_of_the_student(pipe):
 
 
 # ------------------------------------------------------------------------------------------ determinism
+def test_a_call_without_omega_uses_the_models_own_which_its_folder_and_companions_keep(pipe, tmp_path):
+    from soundctm.pipeline_soundctm_bwe import SoundCTMBandwidthExtensionPipeline
+
+    assert pipe.default_guidance_scale == 5.0  # the paper's, for a pipeline built without one
+    own = SoundCTMPipeline(**pipe.components, text_embedding="projected", guidance_scale=2.0)
+    own.set_progress_bar_config(disable=True)
+    kw = dict(num_inference_steps=1, latents=torch.randn(1, 4, 16, generator=gen(6)), output_type="latent")
+    torch.testing.assert_close(own("a siren wails", **kw).audios, own("a siren wails", guidance_scale=2.0, **kw).audios)
+    assert not torch.allclose(own("a siren wails", **kw).audios, pipe("a siren wails", **kw).audios)
+    own.save_pretrained(tmp_path)
+    assert SoundCTMPipeline.from_pretrained(tmp_path).default_guidance_scale == 2.0
+    assert SoundCTMBandwidthExtensionPipeline.from_pipe(own).default_guidance_scale == 2.0
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number"):
+        SoundCTMPipeline(**pipe.components, guidance_scale=float("nan"))
+
+
 def test_same_seed_gives_the_same_audio_and_another_seed_does_not(pipe):
     kw = dict(num_inference_steps=4, gamma=0.3, nu=2.0)
     a = pipe("a dog barks", generator=gen(11), **kw).audios

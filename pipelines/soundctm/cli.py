@@ -180,8 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=int, default=None, help="student: CTM jumps (default 1); teacher: Heun steps (default 40)")
     gen.add_argument("--seed", type=int, default=0, help="random seed (default 0); the same seed gives the same sound")
     gen.add_argument(
-        "--guidance-scale", "--omega", dest="guidance_scale", type=float, default=5.0,
-        help="ω: the teacher's CFG scale the student was distilled with (default 5)",
+        "--guidance-scale", "--omega", dest="guidance_scale", type=float, default=None,
+        help="ω: the teacher's CFG scale the student was distilled with (default: the model's own; 5 for the authors' "
+        "models, 2 for the bundled demo)",
     )
     gen.add_argument("--nu", type=float, default=1.0, help="ν: student guidance, Eq. 10 (default 1 = off; 5 for 16 steps)")
     gen.add_argument("--gamma", type=float, default=0.0, help="γ in [0, 1]: fresh noise between steps (default 0 = deterministic)")

