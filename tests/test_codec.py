@@ -74,6 +74,15 @@ def test_decode_is_deterministic_and_differentiable():
     assert change.item() == pytest.approx((grad * step).sum().item(), rel=0.2)
 
 
+def test_latents_far_off_the_data_decode_to_finite_audio():
+    """A sampler that diverges (EDM Heun in 2 steps did, on the demo teacher) must still give a waveform, not NaN."""
+    codec = tiny_log_mel_vae()
+    z = codec.encode(fading_tones(2, 32 * codec.hop_length)).latent_dist.mode()
+    for scale in (1e2, 1e4):
+        assert torch.isfinite(codec.decode(z * scale).sample).all()
+    real = fading_tones(1, 32 * codec.hop_length)
+    assert (codec.log_mel(real) < codec.log_mel_max).all()  # the bound never touches audio in [-1, 1]
+
 def test_encode_gives_whole_latent_frames_and_a_noiseless_posterior():
     codec = tiny_log_mel_vae()
     posterior = codec.encode(torch.randn(3, 1, 10 * codec.hop_length + 5) * 0.1).latent_dist

@@ -107,6 +107,10 @@ class AutoencoderLogMel(LatentStatisticsMixin, ModelMixin, ConfigMixin):
         self.register_buffer("mel_basis", bank, persistent=False)
         self.register_buffer("mel_inverse", torch.linalg.pinv(bank.double()).float(), persistent=False)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        # No waveform in [-1, 1] has an STFT magnitude above Σ window, so no mel band exceeds that times its filter's
+        # weight: the decoder clamps log-mel values there, so that latents far off the data (a sampler diverging, a
+        # guidance step too large) decode to a loud but finite waveform instead of exp(·) overflowing to NaN.
+        self.register_buffer("log_mel_max", torch.log(self.window.sum() * bank.sum(-1).max() + log_floor), persistent=False)
 
     @property
     def hop_length(self) -> int:
@@ -161,27 +165,34 @@ class AutoencoderLogMel(LatentStatisticsMixin, ModelMixin, ConfigMixin):
         if z.ndim != 3 or z.shape[1] != self.config.latent_dim:
             raise ValueError(f"z must have shape (batch, {self.config.latent_dim}, frames), got {tuple(z.shape)}")
         log_mel = self.unstack(z.float().transpose(1, 2) @ self.projection + self.center)
-        mel = (log_mel.exp() - self.config.log_floor).clamp(min=0.0)
+        mel = (torch.minimum(log_mel, self.log_mel_max.to(log_mel.device)).exp() - self.config.log_floor).clamp(min=0.0)
         return (self.mel_inverse.to(z.device) @ mel).clamp(min=0.0)
 
     def griffin_lim(self, magnitudes: torch.Tensor) -> torch.Tensor:
         """Fast Griffin-Lim: a waveform whose STFT magnitudes approach `magnitudes` `(batch, bins, frames)`, from a
-        fixed pseudo-random phase (so decoding is a deterministic function), `(batch, frames · stft_hop_length)`."""
+        fixed pseudo-random phase (so decoding is a deterministic function), `(batch, frames · stft_hop_length)`.
+
+        Differentiable with respect to `magnitudes` with the phase held fixed: the phase is found without gradients
+        and the final inverse STFT, linear in the magnitudes, carries them. Backpropagating through the phase
+        iterations as well is chaotic (16 momentum steps, each dividing by |STFT|) and overflowed to NaN in
+        loss-based guidance."""
         n_fft, hop, window = self.config.n_fft, self.config.stft_hop_length, self.window.to(magnitudes.device)
         length = magnitudes.shape[-1] * hop
         # One more frame (a copy of the last) so that the inverse STFT covers the last hop.
         magnitudes = torch.cat([magnitudes, magnitudes[..., -1:]], dim=-1)
-        phase = torch.rand(magnitudes.shape[-2:], generator=torch.Generator().manual_seed(0)) * (2 * math.pi)
-        spec = magnitudes * torch.polar(torch.ones_like(phase), phase).to(magnitudes.device)
-        previous = torch.zeros_like(spec)
-        momentum = self.config.griffin_lim_momentum
-        for _ in range(self.config.griffin_lim_iters):
-            audio = torch.istft(spec, n_fft, hop, window=window, center=True, length=length)
-            rebuilt = torch.stft(audio, n_fft, hop, window=window, center=True, pad_mode="constant", return_complex=True)
-            accelerated = rebuilt + momentum * (rebuilt - previous) if momentum else rebuilt
-            previous = rebuilt
-            spec = magnitudes * accelerated / accelerated.abs().clamp(min=1e-8)
-        return torch.istft(spec, n_fft, hop, window=window, center=True, length=length)
+        with torch.no_grad():
+            target = magnitudes.detach()
+            phase = torch.rand(target.shape[-2:], generator=torch.Generator().manual_seed(0)) * (2 * math.pi)
+            unit = torch.polar(torch.ones_like(phase), phase).to(target.device)
+            previous = torch.zeros_like(target, dtype=unit.dtype)
+            momentum = self.config.griffin_lim_momentum
+            for _ in range(self.config.griffin_lim_iters):
+                audio = torch.istft(target * unit, n_fft, hop, window=window, center=True, length=length)
+                rebuilt = torch.stft(audio, n_fft, hop, window=window, center=True, pad_mode="constant", return_complex=True)
+                accelerated = rebuilt + momentum * (rebuilt - previous) if momentum else rebuilt
+                previous = rebuilt
+                unit = accelerated / accelerated.abs().clamp(min=1e-8)
+        return torch.istft(magnitudes * unit, n_fft, hop, window=window, center=True, length=length)
 
     def decode(self, z: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple:
         """
