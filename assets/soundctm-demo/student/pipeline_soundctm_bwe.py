@@ -51,7 +51,7 @@ class SoundCTMBandwidthExtensionPipeline(soundctm_pipeline.SoundCTMPipeline):
         prompt: str | list[str] | None = None,
         cutoff_hz: float = DEFAULT_CUTOFF_HZ,
         num_inference_steps: int = 4,
-        guidance_scale: float = 5.0,
+        guidance_scale: float | None = None,
         nu: float = 1.0,
         gamma: float = 0.0,
         negative_prompt: str | list[str] | None = None,
@@ -86,6 +86,8 @@ class SoundCTMBandwidthExtensionPipeline(soundctm_pipeline.SoundCTMPipeline):
             raise ValueError("bandwidth extension needs a SoundCTM student (a transformer with is_student=True)")
         if output_type not in ("np", "pt"):
             raise ValueError(f"`output_type` must be 'np' or 'pt' for bandwidth extension, got {output_type!r}")
+        if guidance_scale is None:
+            guidance_scale = self.default_guidance_scale
         rate = self.sampling_rate
         input_rate = rate if sampling_rate is None else sampling_rate
         nyquist_rate = min(rate, input_rate) if isinstance(input_rate, (int, np.integer)) else rate

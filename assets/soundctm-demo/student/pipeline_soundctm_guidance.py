@@ -56,7 +56,7 @@ class SoundCTMGuidancePipeline(soundctm_pipeline.SoundCTMPipeline):
         prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         num_inference_steps: int | None = None,
-        guidance_scale: float = 5.0,
+        guidance_scale: float | None = None,
         nu: float = 1.0,
         gamma: float = 0.0,
         audio_length_in_s: float | None = None,
@@ -108,6 +108,8 @@ class SoundCTMGuidancePipeline(soundctm_pipeline.SoundCTMPipeline):
         controlled = (loss_fn is not None or intensity_curve is not None) and (rho > 0 or noise_optimization_steps > 0)
         if num_inference_steps is None:
             num_inference_steps = GUIDED_STEPS if controlled else self.default_num_inference_steps
+        if guidance_scale is None:
+            guidance_scale = self.default_guidance_scale
         batch_size = self.check_inputs(
             prompt, negative_prompt, num_inference_steps, guidance_scale, nu, gamma, audio_length_in_s,
             num_waveforms_per_prompt, generator, latents, prompt_embeds, negative_prompt_embeds, output_type,
@@ -176,7 +178,7 @@ class SoundCTMGuidancePipeline(soundctm_pipeline.SoundCTMPipeline):
         latents: torch.Tensor,
         prompt_embeds: torch.Tensor,
         loss_fn: Callable[[torch.Tensor], torch.Tensor],
-        guidance_scale: float = 5.0,
+        guidance_scale: float | None = None,
         num_samples: int | None = None,
         num_iterations: int = DITTO2_ITERATIONS,
         learning_rate: float = DITTO2_LEARNING_RATE,
@@ -191,6 +193,7 @@ class SoundCTMGuidancePipeline(soundctm_pipeline.SoundCTMPipeline):
             prompt_embeds (`torch.Tensor`): conditioning tokens `(batch, 1, width)` (`encode_prompt`).
             num_samples (`int`, *optional*): samples of the decoded clip the loss sees (default: all).
         """
+        guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
         sigma_max = float(self.scheduler.config.sigma_max)
         sigma_min = float(self.scheduler.config.sigma_min)
         num_samples = num_samples or self.transformer.config.sample_size * self.vae.hop_length

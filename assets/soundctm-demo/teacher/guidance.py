@@ -24,16 +24,14 @@ def ctm_jump(
 ) -> torch.Tensor:
     """
     G_θ(z_t, c, ω, t, s) = (s/t)·z_t + (1 − s/t)·g_θ, g_θ = c_skip(t)·z_t + c_out(t)·F (float32, same shape as
-    `latents`). With `negative_prompt_embeds` and ν ≠ 1, F is ν-combined: F_∅ + ν(F_c − F_∅) (Eq. 10), per channel
-    as the pipeline's own loop does (`pipe.channel_guidance`: a gain channel takes the config's gain guidance).
+    `latents`). With `negative_prompt_embeds` and ν ≠ 1, F is ν-combined: F_∅ + ν(F_c − F_∅) (Eq. 10).
     Differentiable with respect to `latents` when gradients are enabled.
     """
     scheduler, transformer = pipe.scheduler, pipe.transformer
     device = latents.device
     t = torch.as_tensor(sigma, dtype=torch.float32, device=device)
     s = torch.as_tensor(target_sigma, dtype=torch.float32, device=device)
-    weights = pipe.channel_guidance(nu) if negative_prompt_embeds is not None else None
-    do_nu = weights is not None
+    do_nu = negative_prompt_embeds is not None and nu != 1.0
     z = torch.cat([latents, latents]) if do_nu else latents
     embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if do_nu else prompt_embeds
     batch = z.shape[0]
@@ -47,7 +45,7 @@ def ctm_jump(
     )[0].float()
     if do_nu:
         F_uncond, F_cond = F.chunk(2)
-        F = F_uncond + weights.to(device) * (F_cond - F_uncond)
+        F = F_uncond + nu * (F_cond - F_uncond)
     z = latents.float()
     g = scheduler.c_skip(t) * z + scheduler.c_out(t) * F
     return (s / t) * z + (1.0 - s / t) * g
