@@ -154,6 +154,8 @@ def describe_pipeline(folder: str | Path) -> dict:
         length_s=int(dit.get("sample_size", 432)) * hop / rate,
         max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens < 10**6 else None,
         variants=variants,
+        guidance_scale=float(index.get("guidance_scale", 5.0)),
+        text_encoder_package=package,
     )
 
 
@@ -205,6 +207,9 @@ def make_model_card(folder: str | Path, facts: CardFacts) -> ModelCard:
         variants=", ".join(["fp32"] + info["variants"]) if info["variants"] else None,
         model_path=facts.repo_id or "path/to/this/folder",
         prompt=(facts.example_prompts or [DEFAULT_PROMPT])[0],
+        guidance_scale=f"{info['guidance_scale']:.1f}",
+        text_encoder_package=info["text_encoder_package"],
+        text_encoder_package_pip=(info["text_encoder_package"] or "").replace("_", "-"),
         max_tokens=info["max_tokens"] or "the tokenizer's maximum",
         prompt_language=facts.prompt_language,
         paper_authors=PAPER_AUTHORS,
