@@ -217,7 +217,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=16, help="sampling steps for Table 5 (the paper: 16)")
     parser.add_argument("--rho", type=lambda s: [float(v) for v in s.split(",")], default=[0.1], help="ρ values, comma-separated")
     parser.add_argument("--ditto-iterations", type=int, default=DITTO2_ITERATIONS)
-    parser.add_argument("--omega", type=float, default=5.0)
+    parser.add_argument("--omega", type=float, default=None, help="ω (default: the model's own)")
     parser.add_argument("--nu", type=float, default=2.0, help="ν for every method (the paper's DITTO-2 runs use 2)")
     parser.add_argument("--cutoff", type=float, default=3000.0)
     parser.add_argument("--bwe-caption", action="store_true", help="give bandwidth extension the clip's caption (default: \"\")")
@@ -237,6 +237,8 @@ def main(argv=None):
         model = resolve_model(args.model)
         pipe = SoundCTMPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
+    if args.omega is None:
+        args.omega = pipe.default_guidance_scale
     if not pipe.is_student:
         raise SystemExit(f"{model} is a teacher; this benchmark needs a SoundCTM student")
     make_data, evaluate = load_recipe()

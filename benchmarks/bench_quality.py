@@ -13,9 +13,10 @@ always starts from the noise of seed i, so every row sees the same prompts and t
      of the same classes (the Fréchet distance's noise floor), and the VAE's reconstructions (its ceiling).
   2. content preservation (Table 7): the distance between the 1-step and the 16-step result from the same noise
      for γ = 0, 0.2, 0.5, 1, by two measures: the log-mel distance (dB, `evaluate.content_distance`) and the cosine
-     distance of the VAE encoder's latents (`train_vae.latent_distance`, in the place of the paper's CLAP-LPAPS);
-     beside them the 1-step result from another seed's noise, two unrelated real clips of the same class, and real
-     clips against their VAE reconstructions.
+     distance of the codec's latents (`train_codec.latent_distance`, in the place of the paper's CLAP-LPAPS);
+     beside them the 1-step results of the same prompt from two seeds' noise (what "another sound" is), the 1-step
+     results of neighbouring prompts, two unrelated real clips of the same class, and real clips against their codec
+     reconstructions.
   3. ν at 8 steps (Figure 5): ν = 1, 2, 5.
 
     python benchmarks/bench_quality.py --data runs/procedural/data              # the bundled student and teacher
@@ -49,7 +50,7 @@ from recipes.procedural.evaluate import (  # noqa: E402
 )
 from recipes.procedural.make_data import read_split  # noqa: E402
 from recipes.procedural.sounds import all_classes, class_name, synthesize  # noqa: E402
-from recipes.procedural.train_vae import encode_latents, latent_distance, reconstruct  # noqa: E402
+from recipes.procedural.train_codec import latent_distance, reconstruct  # noqa: E402
 
 from soundctm import SoundCTMPipeline  # noqa: E402
 
@@ -60,12 +61,12 @@ NUS = (1.0, 2.0, 5.0)
 
 
 @torch.no_grad()
-def sample(pipe, prompts, batch_size, **kwargs) -> tuple[list[np.ndarray], float, float]:
-    """(clips, seconds of sampling, seconds of VAE decoding); prompt i starts from the noise of seed i."""
+def sample(pipe, prompts, batch_size, seed_offset: int = 0, **kwargs) -> tuple[list[np.ndarray], float, float]:
+    """(clips, seconds of sampling, seconds of VAE decoding); prompt i starts from the noise of seed i + seed_offset."""
     clips, t_sample, t_decode = [], 0.0, 0.0
     full = pipe.transformer.config.sample_size * pipe.vae.hop_length
     for i in range(0, len(prompts), batch_size):
-        seeds = range(i, min(i + batch_size, len(prompts)))
+        seeds = range(seed_offset + i, seed_offset + min(i + batch_size, len(prompts)))
         generator = [torch.Generator().manual_seed(10_000 + s) for s in seeds]  # only γ > 0 draws from these
         start = time.perf_counter()
         latents = pipe(prompts[i : i + batch_size], latents=seeded_noise(pipe, seeds), generator=generator,
@@ -105,7 +106,8 @@ def main(argv=None):
     parser.add_argument("--student", default=os.path.join(ASSETS, "student"))
     parser.add_argument("--teacher", default=os.path.join(ASSETS, "teacher"))
     parser.add_argument("--per-class", type=int, default=4, help="test prompts per class (34 classes)")
-    parser.add_argument("--omega", type=float, default=5.0, help="ω: the teacher's CFG scale, the student's input")
+    parser.add_argument("--omega", type=float, default=None,
+                        help="ω: the teacher's CFG scale, the student's input (default: the teacher's own, 2 for the demo)")
     parser.add_argument("--teacher-steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=34)
     parser.add_argument("--threads", type=int, default=1)
@@ -133,6 +135,8 @@ def main(argv=None):
         pipe.set_progress_bar_config(disable=True)
     if teacher.is_student or not student.is_student:
         raise ValueError("--teacher must be a teacher pipeline and --student a student pipeline")
+    if args.omega is None:
+        args.omega = teacher.default_guidance_scale
 
     results = {"prompts": len(prompts), "omega": args.omega}
     rows = {"real clips (test split)": {**quality(real, prompts, real_features)},
@@ -167,20 +171,14 @@ def main(argv=None):
         refined = student_clips[16] if gamma == 0 else sample(student, prompts, args.batch_size, num_inference_steps=16,
                                                                guidance_scale=args.omega, gamma=gamma)[0]  # fmt: skip
         pairs[f"γ = {gamma:g}"] = (student_clips[1], refined)
+    other_seed = sample(student, prompts, args.batch_size, seed_offset=1000, num_inference_steps=1,
+                        guidance_scale=args.omega)[0]  # fmt: skip
+    pairs["1-step results of the same prompt from two seeds"] = (student_clips[1], other_seed)
     pairs["1-step results of neighbouring prompts (other noise)"] = (student_clips[1], student_clips[1][1:] + student_clips[1][:1])
     pairs["two unrelated real clips of the same class"] = (real, other_draw)
     pairs["real clip vs its VAE reconstruction"] = (real, recon)
     results["content_preservation_db"] = {n: mean_std([content_distance(a, b) for a, b in zip(*p)]) for n, p in pairs.items()}
-    encoded = {}  # each clip list is encoded once, though several pairs share it
-
-    def encode_once(vae, clips):
-        if id(clips) not in encoded:
-            encoded[id(clips)] = encode_latents(vae, clips)
-        return encoded[id(clips)]
-
-    results["content_preservation_latent"] = {
-        n: mean_std(latent_distance(student.vae, *p, encode=encode_once)) for n, p in pairs.items()
-    }
+    results["content_preservation_latent"] = {n: mean_std(latent_distance(student.vae, *p)) for n, p in pairs.items()}
 
     nu_rows = {}
     for nu in NUS:
@@ -218,14 +216,16 @@ def markdown(results: dict, teacher_row: str) -> str:
     pres, latent = results["content_preservation_db"], results["content_preservation_latent"]
 
     def half(table):
-        return f"{table['γ = 0'][0]:.2f} vs {table['γ = 1'][0]:.2f} ({'met' if table['γ = 0'][0] <= 0.5 * table['γ = 1'][0] else 'missed'})"
+        g0, g1, seeds = table["γ = 0"][0], table["γ = 1"][0], table["1-step results of the same prompt from two seeds"][0]
+        met = g0 <= 0.5 * g1 and g0 < seeds
+        return f"{g0:.2f} vs {g1:.2f}, two seeds {seeds:.2f} ({'met' if met else 'missed'})"
 
     lines += [
         "",
         "Targets: student 1-step accuracy ≥ 90 % of the teacher's: "
         f"{100 * one / max(teacher_acc, 1e-9):.0f} % ({'met' if one >= 0.9 * teacher_acc else 'missed'}); "
         f"16 steps ≥ the teacher's: {100 * sixteen:.1f} % vs {100 * teacher_acc:.1f} % "
-        f"({'met' if sixteen >= teacher_acc else 'missed'}); γ = 0's 1-vs-16 distance ≤ half of γ = 1's: "
+        f"({'met' if sixteen >= teacher_acc else 'missed'}); γ = 0's 1-vs-16 distance ≤ half of γ = 1's and below two seeds': "
         f"log-mel {half(pres)}, VAE latent {half(latent)}.",
         "",
         "Content preservation (Table 7): distance between the 1-step and the 16-step result from the same noise "

@@ -1,0 +1,146 @@
+"""How fast the bundled demo model is where a user feels it: a 1-step draft from text to waveform, the teacher it was
+distilled from, the app's compare (1, 2, 4, 8, 16 steps and the teacher, from click to the last column), and the
+CLI's single call in a fresh process.
+
+    python benchmarks/bench_demo.py                      # the bundled student and teacher, 2 torch threads
+    python benchmarks/bench_demo.py --threads 1 --repeats 9
+
+In one warm process, the pipeline calls and their parts run interleaved (every repeat runs each in turn, so a busy
+machine slows all alike) and the median is reported, with ratios: each part of the 1-step call against the call, the
+1-step call against the teacher's Heun-40 call. The compare is timed twice: the app's handler alone, and the whole
+round trip through the served app's HTTP API (gradio_client, as the page's click does: the request, the queue, the
+six generations, the WAV and PNG files, the reply). The CLI runs `soundctm generate` in a new process (model loading
+and imports included), best of two.
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, ROOT)
+
+from soundctm import SoundCTMPipeline  # noqa: E402
+
+ASSETS = os.path.join(ROOT, "assets", "soundctm-demo")
+PROMPT = "a high-pitched tone fading out"
+STEPS = ["1", "2", "4", "8", "16", "teacher"]
+
+
+def timed_interleaved(fns: dict, repeats: int) -> dict:
+    """Median seconds of each function, run in turn within every repeat (after one warm-up run each)."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+@torch.no_grad()
+def pipeline_times(student, teacher, repeats: int) -> dict:
+    device = torch.device("cpu")
+    noise = torch.randn(1, student.transformer.config.in_channels, student.transformer.config.sample_size,
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    embeds = student.encode_text([PROMPT], device)
+    sigma = student.scheduler.config.sigma_max
+    student.scheduler.set_timesteps(1)
+    tokens = student.scheduler.scale_model_input(noise * sigma, torch.tensor(sigma))
+    full = student.transformer.config.sample_size * student.vae.hop_length
+
+    def one_step():
+        student(PROMPT, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
+
+    def text():
+        student.encode_text([PROMPT], device)
+
+    def network():
+        student.transformer(tokens, timestep=torch.tensor([0.0]), target_timestep=torch.tensor([-1.0]),
+                            guidance_scale=torch.tensor([student.default_guidance_scale]), encoder_hidden_states=embeds)  # fmt: skip
+
+    def decode():
+        student.decode_latents(noise, full)
+
+    def heun():
+        teacher(PROMPT, num_inference_steps=40, generator=torch.Generator().manual_seed(0))
+
+    return timed_interleaved({"1-step generation": one_step, "text encoder": text, "student network": network,
+                              "decode (Griffin-Lim)": decode, "teacher, Heun 40": heun}, repeats)  # fmt: skip
+
+
+def compare_times(student_dir: str, repeats: int) -> dict:
+    from gradio_client import Client
+
+    from app_testing import load_app_module, serve
+
+    app_module = load_app_module()
+    app = app_module.SoundCTMApp(*app_module.resolve_models(student_dir))
+    student = app.student.get()
+    length, omega = student.max_audio_length_in_s, student.default_guidance_scale  # the app's defaults
+    handler = lambda: app.compare(PROMPT, "", 0, omega, 1.0, 0.0, length, STEPS, progress=lambda *a, **k: None)  # noqa: E731
+    with serve(app.build(), app_module) as url:
+        client = Client(url, verbose=False)
+        http = lambda: client.predict(PROMPT, "", 0, omega, 1.0, 0.0, length, STEPS, api_name="/compare")  # noqa: E731
+        return timed_interleaved({"compare, handler": handler, "compare, click to last column (HTTP)": http}, repeats)
+
+
+def cli_seconds(threads: int) -> float:
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        for _ in range(2):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "soundctm.cli", "generate", PROMPT, "--seed", "0", "-q",
+                            "-o", os.path.join(tmp, "draft.wav")], check=True, env=env)  # fmt: skip
+            times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--student", default=os.path.join(ASSETS, "student"))
+    parser.add_argument("--teacher", default=os.path.join(ASSETS, "teacher"))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-app", action="store_true", help="skip the app's compare")
+    parser.add_argument("--no-cli", action="store_true", help="skip the CLI's fresh-process call")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    student = SoundCTMPipeline.from_pretrained(args.student)
+    teacher = SoundCTMPipeline.from_pretrained(args.teacher)
+    for pipe in (student, teacher):
+        pipe.set_progress_bar_config(disable=True)
+    times = pipeline_times(student, teacher, args.repeats)
+    if not args.no_app:
+        times.update(compare_times(args.student, args.repeats))
+    if not args.no_cli:
+        times["CLI, one call in a fresh process"] = cli_seconds(args.threads)
+
+    one, heun = times["1-step generation"], times["teacher, Heun 40"]
+    print(f"torch threads: {args.threads}; median of {args.repeats} interleaved runs (the CLI: best of 2)\n")
+    print("| | seconds | ratio |")
+    print("|---|---|---|")
+    for name, seconds in times.items():
+        if name in ("text encoder", "student network", "decode (Griffin-Lim)"):
+            ratio = f"{seconds / one:.2f} of the 1-step generation"
+        elif name == "1-step generation":
+            ratio = f"{one / heun:.3f} of the teacher's"
+        elif name.startswith("compare"):
+            ratio = f"{seconds / heun:.2f}× the teacher's Heun 40 alone"
+        else:
+            ratio = "–"
+        print(f"| {name} | {seconds:.3f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
