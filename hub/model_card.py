@@ -49,6 +49,8 @@ class CardFacts:
     tags: list[str] = field(default_factory=list)
     # Prompts the model knows, shown as the Hub widget's examples and as the app's examples.
     example_prompts: list[str] = field(default_factory=list)
+    # ν of the recommended 16-step refinement: the paper's 5 unless the model was measured to prefer another.
+    refine_nu: float = 5.0
 
     @classmethod
     def from_card(cls, path: str | Path) -> "CardFacts":
@@ -208,6 +210,7 @@ def make_model_card(folder: str | Path, facts: CardFacts) -> ModelCard:
         model_path=facts.repo_id or "path/to/this/folder",
         prompt=(facts.example_prompts or [DEFAULT_PROMPT])[0],
         guidance_scale=f"{info['guidance_scale']:.1f}",
+        refine_nu=f"{float(facts.refine_nu):.1f}",
         text_encoder_package=info["text_encoder_package"],
         text_encoder_package_pip=(info["text_encoder_package"] or "").replace("_", "-"),
         max_tokens=info["max_tokens"] or "the tokenizer's maximum",
@@ -234,6 +237,7 @@ def add_card_arguments(parser: argparse.ArgumentParser, repo_id: bool = True) ->
     group.add_argument("--origin", default=None, help="a sentence on where the weights come from")
     group.add_argument("--example-prompt", dest="example_prompts", action="append", default=None,
                        help="a prompt the model knows, for the Hub widget and the app's examples (repeatable)")
+    group.add_argument("--refine-nu", type=float, default=None, help="ν of the recommended 16-step refinement (default 5)")
     if repo_id:
         group.add_argument("--repo-id", default=None, help="Hub id used in the card's usage snippet")
 
@@ -251,6 +255,7 @@ def facts_from_args(folder: str | Path, args: argparse.Namespace) -> CardFacts:
         text_encoder=args.text_encoder,
         origin=args.origin,
         example_prompts=args.example_prompts,
+        refine_nu=args.refine_nu,
         repo_id=getattr(args, "repo_id", None),
     )
 

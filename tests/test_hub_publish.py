@@ -33,6 +33,7 @@ STUDENT_FACTS = CardFacts(
     origin="Distilled with distill/train.py.",
     repo_id="someone/tiny-soundctm-student",
     example_prompts=["a tone sweeping up", "fast clicks"],
+    refine_nu=2.0,
 )
 
 
@@ -127,6 +128,7 @@ def test_card_of_a_spectral_codec_folder_with_a_packaged_text_encoder_offers_its
     card = make_model_card(tmp_path, STUDENT_FACTS)
     assert card.data.widget == [{"text": "a tone sweeping up"}, {"text": "fast clicks"}]
     assert 'pipe("a tone sweeping up"' in card.text  # the usage snippet uses the model's own first example
+    assert "nu=2.0" in card.text and "| Refinement | 16 | 5.0 | 2.0 | 0.0 |" in card.text  # its own ν and ω
 
 
 def test_model_card_command_writes_the_card_of_a_folder(student_folder, tmp_path):
