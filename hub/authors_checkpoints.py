@@ -491,16 +491,26 @@ def convert_clap_text(path: Path, text_config: dict | None = None, trust_pickles
 
 def embedded_clap_matches(clap_copy: dict, text_encoder: ClapTextModelWithProjection) -> tuple[bool, float]:
     """Whether the CLAP copy stored inside the SoundCTM checkpoint has the same text branch as the converted text
-    encoder (the authors froze CLAP, so it must). Returns (same keys present and equal, max |difference|)."""
+    encoder (the authors froze CLAP, so it must). Returns (same keys present and equal, max |difference|).
+    A tensor of another shape than the converted one's is an error naming its key (as stored in the checkpoint,
+    `text_encoder.model.` + the key of `clap_copy`): the copy and the CLAP checkpoint are then different models."""
     converted = text_encoder.state_dict()
-    renamed = {}
+    renamed, source_key = {}, {}
     for key, value in clap_copy.items():
         for pattern, replacement in CLAP_TEXT_RENAMES:
             if re.match(pattern, key):
                 renamed[re.sub(pattern, replacement, key)] = value
+                source_key[re.sub(pattern, replacement, key)] = key
     shared = [k for k in renamed if k in converted and k not in CLAP_CONSTANT_BUFFERS]
     if not shared:
         return False, float("inf")
+    for k in shared:
+        if renamed[k].shape != converted[k].shape:
+            raise ValueError(
+                f"the CLAP copy inside the checkpoint holds 'text_encoder.model.{source_key[k]}' of shape "
+                f"{tuple(renamed[k].shape)}, the CLAP checkpoint's tensor is {tuple(converted[k].shape)}: the two are "
+                "different CLAP models (wrong --clap-checkpoint for this checkpoint?)"
+            )
     diff = max(float((renamed[k].float() - converted[k].float()).abs().max()) for k in shared)
     return diff == 0.0, diff
 

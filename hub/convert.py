@@ -80,7 +80,10 @@ def build_pipeline(
     log(f"reading {files.clap}")
     text_encoder, clap_dropped = convert_clap_text(files.clap, text_config, trust_pickles)
     log(f"  CLAP text branch: {len(text_encoder.state_dict())} tensors, {len(clap_dropped)} dropped (audio branch)")
-    same, diff = embedded_clap_matches(dit.embedded_clap, text_encoder)
+    try:
+        same, diff = embedded_clap_matches(dit.embedded_clap, text_encoder)
+    except ValueError as err:
+        raise ValueError(f"{files.checkpoint}: {err}") from None
     if dit.embedded_clap and not same:
         log(f"  warning: the CLAP copy inside {files.checkpoint.name} differs from {files.clap.name} (max |diff| {diff:g})")
     log(f"reading {files.vae_weights} and {files.z_stats}")

@@ -248,6 +248,17 @@ def test_a_checkpoint_whose_clap_copy_differs_from_the_clap_file_is_reported(fil
     assert "warning: the CLAP copy inside ac_v2_ema_0999_030000.pt differs from 630k-audioset-best.pt (max |diff| 0.5)" in capsys.readouterr().out
 
 
+def test_a_clap_copy_tensor_of_another_shape_is_named(files_copy, capsys):
+    """A checkpoint whose CLAP copy holds a tensor of another shape than the CLAP checkpoint's (a stray
+    text_projection.0.weight of shape (4, 4) was seen) stops with the key, not torch's broadcasting error."""
+    ckpt = files_copy["root"] / CKPT
+    sd = torch.load(ckpt, weights_only=True)
+    sd["text_encoder.model.text_projection.0.weight"] = torch.zeros(4, 4)
+    torch.save(sd, ckpt)
+    err = convert_fails(files_copy, capsys)
+    assert f"{ckpt}: the CLAP copy inside the checkpoint holds 'text_encoder.model.text_projection.0.weight' of shape (4, 4)" in err
+
+
 def test_pickles_that_need_code_are_refused_unless_trusted(files_copy, capsys, tmp_path):
     import argparse
 
