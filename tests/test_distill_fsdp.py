@@ -54,7 +54,8 @@ def test_last_layer_gradient_and_full_weights_under_fsdp(tmp_path):
     script.write_text(SCRIPT.format(root=ROOT, tests=os.path.join(ROOT, "tests")))
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
+        # --standalone: a rendezvous on a port the OS picks, not the default 29500 that another run may hold
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
         cwd=str(tmp_path),
         env=env,
         capture_output=True,

@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,9 +41,17 @@ def command(workdir, output_dir, *extra, num_processes=1):
     cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     if num_processes > 1:
         cmd += ["--multi_gpu", "--num_cpu_threads_per_process", "1"]  # torchrun; ACCELERATE_USE_CPU makes it gloo/CPU
+        cmd += ["--main_process_port", str(free_port())]  # not the default 29500, which another run may hold
     cmd += [os.path.join("distill", "train.py"), "--pretrained_teacher_model", str(workdir / "teacher")]
     cmd += ["--output_dir", str(output_dir), "--num_timesteps", "10", "--validation_steps", "1000", *extra]
     return cmd
+
+
+def free_port() -> int:
+    """A TCP port that nothing listens on now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def environment():
