@@ -10,7 +10,8 @@ mean latent of its clips still describes it: a diffusion model's output at high 
 envelope and spectrum, which is what a small model can learn. The projection (`projection`, `center`) is fitted to
 data as a PCA of stacked log-mel frames (recipes/procedural/train_codec.py) and saved with the weights; the
 filterbank and its pseudo-inverse follow from the config. Every step of the decoder is a torch op, so loss-based
-guidance and data consistency backpropagate through it; the encoder has no noise (`latent_dist` has std 0).
+guidance and data consistency backpropagate through it (with Griffin-Lim's phase held fixed: `griffin_lim`); the
+encoder has no noise (`latent_dist` has std 0).
 
 The latent statistics used by the diffusion model live in the config, as for the other autoencoders of this package:
 `z_norm = (z - latents_mean) / latents_std * scaling_factor`.
