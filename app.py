@@ -53,6 +53,7 @@ from transformers.audio_utils import hertz_to_mel, mel_filter_bank
 
 from app_control import add_control_tabs
 from soundctm.cli import DTYPES, ENV_MODEL, bundled_model_dir, load_pipeline, resolve_model
+from soundctm.pipeline import DEFAULT_GUIDANCE_SCALE
 
 logger = logging.getLogger("soundctm.app")
 
@@ -468,9 +469,9 @@ class SoundCTMApp:
 
     # ----------------------------------------------------------------------------------------- page
     def default_guidance_scale(self) -> float:
-        """Where the ω sliders start: the loaded student's own ω (5 until it loads)."""
+        """Where the ω sliders start: the loaded student's own ω (the paper's until it loads)."""
         pipe = self.student.loaded
-        return float(pipe.default_guidance_scale) if pipe is not None else 5.0
+        return float(pipe.default_guidance_scale) if pipe is not None else DEFAULT_GUIDANCE_SCALE
 
     def example_prompts(self) -> list[str]:
         """Prompts the loaded student knows (its model card's examples), else general sound-effect prompts."""

@@ -30,6 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from soundctm.intensity import DEFAULT_RANGE_DB, INTENSITY_PRESETS, intensity_loss, parse_curve
+from soundctm.pipeline import DEFAULT_GUIDANCE_SCALE
 from soundctm.pipeline_soundctm_audio2audio import SoundCTMAudioToAudioPipeline
 from soundctm.pipeline_soundctm_bwe import DEFAULT_CUTOFF_HZ, SoundCTMBandwidthExtensionPipeline
 from soundctm.pipeline_soundctm_guidance import DEFAULT_RHO, DITTO2_ITERATIONS, SoundCTMGuidancePipeline
@@ -104,7 +105,7 @@ class ControlTabs:
     """The handlers behind the three tabs; `get_pipeline()` returns the loaded student pipeline."""
 
     def __init__(self, get_pipeline: Callable, model_arg: str | None = None, ditto_iterations: int = DITTO2_ITERATIONS,
-                 guidance_scale: float = 5.0):
+                 guidance_scale: float = DEFAULT_GUIDANCE_SCALE):
         self.get_pipeline = get_pipeline
         self.guidance_scale = guidance_scale  # the ω sliders' start: the model's own ω
         self.model_arg = model_arg  # `--model` for the CLI command shown beside a result (None: the CLI's default)
@@ -311,7 +312,7 @@ class ControlTabs:
 
 def add_control_tabs(get_pipeline: Callable, model_arg: str | None = None, wrap: Callable = lambda fn: fn,
                      queue_kwargs: dict | None = None, ditto_iterations: int = DITTO2_ITERATIONS,
-                     guidance_scale: float = 5.0) -> ControlTabs:  # fmt: skip
+                     guidance_scale: float = DEFAULT_GUIDANCE_SCALE) -> ControlTabs:  # fmt: skip
     """Adds the Loudness curve, Bandwidth extension and Audio → audio tabs inside the current `gr.Blocks`/`gr.Tabs`;
     their ω sliders start at `guidance_scale`."""
     tabs = ControlTabs(get_pipeline, model_arg, ditto_iterations, guidance_scale)

@@ -32,27 +32,24 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from soundctm import AutoencoderGaussianDAC, CTMScheduler, SoundCTMDiTModel, SoundCTMPipeline  # noqa: E402
+import bench_pipeline  # noqa: E402
 
-PROMPT = "a dog barks while rain falls on a roof"
+from soundctm import SoundCTMPipeline  # noqa: E402
+
+PROMPT = bench_pipeline.PROMPT
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def build(tiny: bool) -> SoundCTMPipeline:
-    """Random weights of dit_v2's sizes (or tiny ones), fixed seed."""
-    from tiny_models import tiny_pipeline, tiny_roberta_tokenizer
-    from transformers import ClapTextConfig, ClapTextModelWithProjection
+    """Random weights of dit_v2's sizes (bench_pipeline.py's model), or tiny ones; fixed seed."""
+    if not tiny:
+        return bench_pipeline.build("dit_v2")
+    from tiny_models import tiny_pipeline
 
     torch.manual_seed(0)
-    if tiny:
-        pipe = tiny_pipeline(student=True, text_embedding="pooled")
-    else:
-        text_encoder = ClapTextModelWithProjection(ClapTextConfig(vocab_size=50265)).eval()
-        transformer = SoundCTMDiTModel(cross_attention_dim=768, sample_size=432, is_student=True, num_layers=24,
-                                       num_attention_heads=24, attention_head_dim=64).eval()  # fmt: skip
-        pipe = SoundCTMPipeline(AutoencoderGaussianDAC().eval(), text_encoder, tiny_roberta_tokenizer(), transformer,
-                                CTMScheduler(), text_embedding="pooled")  # fmt: skip
+    pipe = tiny_pipeline(student=True, text_embedding="pooled")
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -109,8 +109,7 @@ class SoundCTMPipeline(DiffusionPipeline):
         self.register_modules(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, scheduler=scheduler
         )
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float, np.number)) or not math.isfinite(guidance_scale):
-            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+        _check_finite_number(guidance_scale, "guidance_scale")
         self.register_to_config(
             text_embedding=text_embedding, text_encoder_package=text_encoder_package, guidance_scale=float(guidance_scale)
         )
@@ -278,8 +277,7 @@ class SoundCTMPipeline(DiffusionPipeline):
         if num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps}")
         for name, value in (("guidance_scale", guidance_scale), ("nu", nu)):
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
-                raise ValueError(f"`{name}` must be a finite number, got {value!r}")
+            _check_finite_number(value, f"`{name}`")
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.number)) or not 0.0 <= gamma <= 1.0:
             raise ValueError(f"`gamma` must be a number in [0, 1], got {gamma!r}")
         if audio_length_in_s is not None:
@@ -604,6 +602,11 @@ def load_packaged_text_encoder(package: str) -> tuple[PreTrainedModel, PreTraine
         raise ValueError(f"text_encoder_package {package!r} has no get_model_path() giving a transformers model folder")
     path = str(module.get_model_path())
     return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def _check_finite_number(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
 def _is_dynamic_class(cls) -> bool:
