@@ -394,7 +394,7 @@ class SoundCTMApp:
         """
         The same seed through every chosen step count (and the teacher): per column (audio, spectrogram, time),
         then the settings text. `steps` is a list of step counts as strings, and "teacher". Progress is reported per
-        column: tracking the pipelines' tqdm bars too (110 updates) made the compare 0.7 s slower end to end.
+        column: tracking the pipelines' tqdm bars too (110 updates a compare) slowed it through HTTP.
         """
         settings = self.settings(prompt, negative_prompt, seed, omega, nu, gamma, duration)
         if isinstance(steps, str):

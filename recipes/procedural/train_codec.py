@@ -12,7 +12,8 @@ as much weight, and cut the class-mean share below from 0.6 to 0.2).
 
 The report (report.json in the output folder, also printed):
 - reconstruction: the analytic evaluator's prompt adherence and attributes matched for the decoded test clips, their
-  Fréchet distance and log-mel content distance to the originals;
+  Fréchet distance and log-mel content distance to the originals, the median ratio of a reconstruction's peak to
+  its original's and the share of reconstructions that reach full scale;
 - class-mean share, per class of the training clips (`class_mean_share`): the power of the class's mean standardised
   latent over its clips' mean power — how much of a sound the caption alone determines in this latent space;
 - the decode time of one clip, warm (`--threads` threads).
@@ -29,7 +30,7 @@ import torch
 from soundctm import AutoencoderLogMel
 
 from .common import add_run_arguments, start_run
-from .evaluate import accuracy, attribute_accuracy, content_distance, features, frechet_distance
+from .evaluate import accuracy, attribute_accuracy, content_distance, features, frechet_distance, full_scale_share
 from .make_data import read_split
 
 CODEC_CONFIG = dict(
@@ -83,12 +84,13 @@ def latent_distance(codec, clips_a: list[np.ndarray], clips_b: list[np.ndarray])
 
 
 @torch.no_grad()
-def reconstruct(codec, audio_int16: np.ndarray, batch_size: int = 16) -> list[np.ndarray]:
-    """Decoded latents of whole clips, as mono float arrays."""
+def reconstruct(codec, audio_int16: np.ndarray, batch_size: int = 16, clamp: bool = True) -> list[np.ndarray]:
+    """Decoded latents of whole clips, as mono float arrays, clamped to [-1, 1] as the pipeline's output is."""
     clips = []
     for i in range(0, len(audio_int16), batch_size):
         z = codec.encode(as_float(audio_int16[i : i + batch_size])).latent_dist.mean
-        clips.extend(codec.decode(z).sample[:, 0].clamp(-1, 1).numpy())
+        audio = codec.decode(z).sample[:, 0]
+        clips.extend((audio.clamp(-1, 1) if clamp else audio).numpy())
     return clips
 
 
@@ -97,7 +99,8 @@ def reconstruction_report(codec, data_dir: str) -> dict:
     """Evaluator scores of the codec's reconstructions of the test clips (a ceiling for every generated row)."""
     records, audio = read_split(data_dir, "test")
     real = [a.astype(np.float32) / 32768.0 for a in audio]
-    recon = reconstruct(codec, audio)
+    unclamped = reconstruct(codec, audio, clamp=False)
+    recon = [np.clip(clip, -1.0, 1.0) for clip in unclamped]
     prompts = [r["caption"] for r in records]
     return {
         "real_accuracy": accuracy(real, prompts),
@@ -105,6 +108,9 @@ def reconstruction_report(codec, data_dir: str) -> dict:
         "reconstruction_attributes": round(attribute_accuracy(recon, prompts), 4),
         "reconstruction_content_distance_db": round(float(np.mean([content_distance(a, b) for a, b in zip(real, recon)])), 3),
         "reconstruction_frechet": round(frechet_distance(np.stack([features(a) for a in real]), np.stack([features(b) for b in recon])), 3),
+        # Griffin-Lim's phases change the waveform's peaks, not its spectrum: how much, and how often they clip.
+        "reconstruction_peak_ratio_median": round(float(np.median([np.abs(b).max() / np.abs(a).max() for a, b in zip(real, unclamped)])), 3),
+        "reconstruction_full_scale": round(full_scale_share(recon), 3),
     }
 
 
