@@ -30,6 +30,16 @@ def test_bundled_folders_are_small_and_carry_no_text_encoder_weights():
     assert total < 50e6
 
 
+def test_the_code_the_bundled_folders_carry_is_the_package_code():
+    """Loading a folder runs the modules saved in it (custom components), so a change to the package must reach the
+    bundled copies: `python -m recipes.procedural.bundle` writes them; this catches a stale one."""
+    package = Path(__file__).resolve().parents[1] / "pipelines" / "soundctm"
+    carried = sorted(ASSETS.rglob("*.py"))
+    assert len(carried) >= 2 * 5
+    for module in carried:
+        assert module.read_bytes() == (package / module.name).read_bytes(), f"{module.relative_to(ASSETS)} is stale"
+
+
 def test_the_model_cards_offer_prompts_the_demo_knows():
     from huggingface_hub import ModelCard
 

@@ -156,13 +156,15 @@ def guidance_scale_embedding(omega: torch.Tensor, dim: int) -> torch.Tensor:
     return F.pad(emb, (0, 1)) if dim % 2 else emb
 
 
-def apply_partial_rotary(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """Rotates the first `freqs.shape[-1]` channels of every head (GPT-J style halves), in float32."""
-    rot_dim = freqs.shape[-1]
+def apply_partial_rotary(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotates the first `rot_dim` channels of every head (GPT-J style halves), in float32; `rotary` is
+    (cos, sin) of the angles, shape (tokens, rot_dim), computed once per forward for every layer."""
+    cos, sin = rotary
+    rot_dim = cos.shape[-1]
     x_rot, x_pass = x[..., :rot_dim].float(), x[..., rot_dim:]
     x1, x2 = x_rot.chunk(2, dim=-1)
     rotated = torch.cat((-x2, x1), dim=-1)
-    x_rot = x_rot * freqs.cos() + rotated * freqs.sin()
+    x_rot = x_rot * cos + rotated * sin
     return torch.cat((x_rot.to(x.dtype), x_pass), dim=-1)
 
 
@@ -173,7 +175,7 @@ class SelfAttention(nn.Module):
         self.to_qkv = nn.Linear(dim, dim * 3, bias=False)
         self.to_out = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, rotary_freqs: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotary_freqs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = self.to_qkv(x).view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         q, k = apply_partial_rotary(q, rotary_freqs), apply_partial_rotary(k, rotary_freqs)
@@ -309,10 +311,12 @@ class SoundCTMDiTModel(ModelMixin, ConfigMixin):
             nn.init.zeros_(block.ff.proj_out.weight)
             nn.init.zeros_(block.ff.proj_out.bias)
 
-    def _rotary_freqs(self, seq_len: int, device) -> torch.Tensor:
+    def _rotary_freqs(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) of the rotary angles of `seq_len` tokens, shared by every layer's queries and keys."""
         positions = torch.arange(seq_len, device=device, dtype=torch.float32)
         freqs = positions[:, None] * self.rotary_inv_freq.to(device)[None]
-        return torch.cat((freqs, freqs), dim=-1)
+        freqs = torch.cat((freqs, freqs), dim=-1)
+        return freqs.cos(), freqs.sin()
 
     def forward(
         self,
