@@ -28,10 +28,14 @@ try:  # On a ZeroGPU Space `spaces` must be imported before torch initialises CU
     import spaces
 except ImportError:
     spaces = None
+# On ZeroGPU hardware each `spaces.GPU` call runs in a process of its own; the `spaces` package is a no-op elsewhere.
+ZERO_GPU = spaces is not None and os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
 
 import argparse
+import contextvars
 import functools
 import html
+import inspect
 import logging
 import math
 import secrets
@@ -39,6 +43,7 @@ import shlex
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,12 +155,59 @@ class LazyPipeline:
         pipe = self.get()
         own = type(pipe)(**{**pipe.components, "scheduler": pipe.scheduler.__class__.from_config(pipe.scheduler.config)},
                          text_embedding=pipe.config.text_embedding, guidance_scale=pipe.default_guidance_scale)
+        if os.environ.get("NOBAR"):
+            own.set_progress_bar_config(disable=True)
         return own(**kwargs).audios
 
 
 def on_gpu(fn):
     """`spaces.GPU` on a ZeroGPU Space (a no-op elsewhere); `fn` unchanged when `spaces` is not installed."""
     return spaces.GPU(fn) if spaces is not None else fn
+
+
+class ComputeThreads:
+    """
+    Runs the app's PyTorch work (model loading and every handler) on `workers` long-lived threads, in the caller's
+    context (Gradio's progress and warnings live in context variables).
+
+    Why: PyTorch's CPU parallelism is libgomp's OpenMP, which keeps a thread team for every thread that has run a
+    parallel region. Once more threads are kept than there are cores, its idle threads stop spin-waiting, and every
+    one of a small model's thousands of short operations pays a sleep and a wake-up. Gradio calls handlers on a pool
+    of threads, beside the main thread that loaded the models: that made the demo's compare 1.5× slower through HTTP
+    than the same handler run on the main thread (`benchmarks/bench_demo.py` measures the served app).
+    """
+
+    def __init__(self, workers: int = 1):
+        self.workers = workers
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="soundctm-compute")
+
+    def call(self, fn, *args, **kwargs):
+        """`fn(*args, **kwargs)` on a compute thread; its result, or its exception raised here."""
+        return self._pool.submit(contextvars.copy_context().run, fn, *args, **kwargs).result()
+
+    def wrap(self, fn):
+        """`fn` as a Gradio handler that runs on a compute thread (same signature, so gr.Progress is still found); a
+        generator function stays one, each of its steps run on a compute thread."""
+        if inspect.isgeneratorfunction(fn):
+
+            @functools.wraps(fn)
+            def stream(*args, **kwargs):
+                context = contextvars.copy_context()
+                updates = fn(*args, **kwargs)  # runs nothing yet
+                done = object()
+                while (update := self._pool.submit(context.run, next, updates, done).result()) is not done:
+                    yield update
+
+            return stream
+
+        @functools.wraps(fn)
+        def handler(*args, **kwargs):
+            return self.call(fn, *args, **kwargs)
+
+        return handler
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 # ------------------------------------------------------------------------------------------------ audio → page
@@ -335,6 +387,7 @@ class SoundCTMApp:
         self.teacher = LazyPipeline(teacher, "teacher", device, dtype) if teacher else None
         self.step_choices = tuple(sorted(set(step_choices)))
         self.slots = [str(n) for n in self.step_choices] + ([TEACHER] if self.teacher else [])
+        self.compute: ComputeThreads | None = None  # made by build()
 
     # ----------------------------------------------------------------------------------------- helpers
     def slot_label(self, slot: str) -> str:
@@ -389,12 +442,24 @@ class SoundCTMApp:
         return (pipe.sampling_rate, to_int16(audio)), spectrogram_image(audio, pipe.sampling_rate), elapsed
 
     # ----------------------------------------------------------------------------------------- handlers
-    def compare(self, prompt, negative_prompt, seed, omega, nu, gamma, duration, steps,
-                progress=gr.Progress()):
+    def compare(self, prompt, negative_prompt, seed, omega, nu, gamma, duration, steps, progress=gr.Progress()):
         """
-        The same seed through every chosen step count (and the teacher): per column (audio, spectrogram, time),
-        then the settings text. `steps` is a list of step counts as strings, and "teacher". Progress is reported per
-        column: tracking the pipelines' tqdm bars too (110 updates a compare) slowed it through HTTP.
+        The same seed through every chosen step count (and the teacher): per column (audio, spectrogram, time), then
+        the settings text. `steps` is a list of step counts as strings, and "teacher". What the page's Generate and
+        the `/compare` endpoint return: the last of `compare_stream`'s updates.
+        """
+        outputs = None
+        for outputs in self.compare_stream(prompt, negative_prompt, seed, omega, nu, gamma, duration, steps, progress):
+            pass
+        return outputs
+
+    def compare_stream(self, prompt, negative_prompt, seed, omega, nu, gamma, duration, steps,
+                       progress=gr.Progress()):
+        """
+        `compare`, one update per finished column, so the 1-step draft is heard while the teacher still runs. The
+        first update clears the columns of the previous result; the next ones send only their new column (the
+        others are `gr.skip()`); the last holds every column and the settings text. Progress is reported per column:
+        tracking the pipelines' tqdm bars too (110 updates a compare) slowed it through HTTP.
         """
         settings = self.settings(prompt, negative_prompt, seed, omega, nu, gamma, duration)
         if isinstance(steps, str):
@@ -410,19 +475,27 @@ class SoundCTMApp:
             if slot == TEACHER:
                 try:
                     results[slot] = self._generate(self.teacher, settings, TEACHER_STEPS)
+                    lines.append("teacher: " + settings.command(TEACHER_STEPS, self.teacher.model, "teacher.wav"))
                 except gr.Error as err:  # the students' columns are still worth showing
                     gr.Warning(f"Teacher column skipped: {err.message}")
                     results[slot] = (None, None, f"not available: {err.message}")
-                    continue
-                lines.append("teacher: " + settings.command(TEACHER_STEPS, self.teacher.model, "teacher.wav"))
             else:
                 results[slot] = self._generate(self.student, settings, int(slot))
                 lines.append(f"{self.slot_label(slot)}: " + settings.command(int(slot), self._model_arg(self.student), f"steps{slot}.wav"))
+            if i < len(todo) - 1:
+                yield self._compare_outputs(results, None, only=None if i == 0 else slot)
+        yield self._compare_outputs(results, settings.describe(lines))
+
+    def _compare_outputs(self, results: dict, settings_text: str | None, only: str | None = None) -> list:
+        """The flat output list; with `only`, every other column and the settings are left as they are."""
         outputs = []
         for slot in self.slots:
+            if only is not None and slot != only:
+                outputs += [gr.skip()] * 3
+                continue
             audio, image, elapsed = results.get(slot, (None, None, None))
             outputs += [audio, image, self._time_text(slot, elapsed)]
-        return outputs + [settings.describe(lines)]
+        return outputs + [gr.skip() if only is not None else settings_text]
 
     def drafts(self, prompt, negative_prompt, omega, nu, duration, count, progress=gr.Progress(track_tqdm=True)):
         """
@@ -484,13 +557,20 @@ class SoundCTMApp:
 
     def build(self, max_queue: int | None = 32, concurrency: int = 1) -> gr.Blocks:
         """The page. `max_queue` waiting requests at most (more are refused), `concurrency` generations at a time."""
+        # ZeroGPU runs each handler in a process of its own (spaces.GPU); elsewhere one set of threads does all the
+        # PyTorch work, loading included.
+        if not ZERO_GPU and (self.compute is None or self.compute.workers != concurrency):
+            if self.compute is not None:
+                self.compute.shutdown()
+            self.compute = ComputeThreads(concurrency)
+        wrap = on_gpu if self.compute is None else self.compute.wrap
         for lazy in filter(None, (self.student, self.teacher)):
             try:  # load now so the page knows the model's length; a failure is shown in the page and retried there
-                lazy.get()
+                lazy.get() if self.compute is None else self.compute.call(lazy.get)
             except gr.Error as err:
                 logger.error("%s", err.message)
         duration_step, duration_max = duration_slider(self.max_duration() or 10.0)
-        compare_fn, drafts_fn, refine_fn = on_gpu(self.compare), on_gpu(self.drafts), on_gpu(self.refine)
+        compare_fn, drafts_fn, refine_fn = wrap(self.compare_stream), wrap(self.drafts), wrap(self.refine)
         queue = dict(concurrency_id="model", concurrency_limit=concurrency)
 
         with gr.Blocks(title="SoundCTM", delete_cache=(3600, 3600)) as demo:
@@ -567,7 +647,7 @@ class SoundCTMApp:
                                                  interactive=False, buttons=["copy"], elem_id="refine-settings")
 
                 # Loudness curve, bandwidth extension, audio -> audio (issue 7); endpoints /intensity, /bandwidth, /audio2audio.
-                add_control_tabs(self.student.get, model_arg=self._model_arg(self.student), wrap=on_gpu, queue_kwargs=queue,
+                add_control_tabs(self.student.get, model_arg=self._model_arg(self.student), wrap=wrap, queue_kwargs=queue,
                                  guidance_scale=self.default_guidance_scale())
 
             # ----------------------------------------------------------------------------------------- events
@@ -576,10 +656,13 @@ class SoundCTMApp:
                          outputs=compare_columns, api_visibility="private", queue=False)
             count.change(lambda n: [gr.Column(visible=i < int(n)) for i in range(MAX_DRAFTS)], inputs=count,
                          outputs=draft_columns, api_visibility="private", queue=False)
+            # The columns fill in as they finish; the progress shows on the settings box, not over finished columns.
             compare_button.click(compare_fn, inputs=[prompt, negative, seed, omega, nu, gamma, duration, steps],
-                                 outputs=compare_outputs + [compare_settings], api_name="compare", **queue)
+                                 outputs=compare_outputs + [compare_settings], api_name="compare",
+                                 show_progress_on=compare_settings, **queue)
             prompt.submit(compare_fn, inputs=[prompt, negative, seed, omega, nu, gamma, duration, steps],
-                          outputs=compare_outputs + [compare_settings], api_visibility="private", **queue)
+                          outputs=compare_outputs + [compare_settings], api_visibility="private",
+                          show_progress_on=compare_settings, **queue)
             drafts_button.click(drafts_fn, inputs=[prompt, negative, omega, nu, duration, count], outputs=draft_outputs,
                                 api_name="drafts", **queue)
             refine_inputs = [prompt, negative, seed, omega, nu, gamma, duration, refine_steps]

@@ -75,6 +75,68 @@ def test_only_the_chosen_columns_are_filled(soundctm_app, reference):
         assert (image is not None) == (audio is not None)
 
 
+SKIP = gr.skip()
+
+
+def test_compare_streams_each_column_as_it_finishes(soundctm_app, reference):
+    kwargs = compare_kwargs(reference.max_duration, steps=["1", "4", "teacher"])
+    updates = list(soundctm_app.compare_stream(**kwargs, progress=lambda *a, **k: None))
+    assert len(updates) == 3
+    first, middle, last = (columns(soundctm_app, update) for update in updates)
+    # The first update clears the previous result: its own column filled, the others and the settings empty.
+    np.testing.assert_array_equal(first["1"][0][1], reference(7, 1))
+    assert all(first[slot] == (None, None, "") for slot in ("2", "4", "8", "16", "teacher"))
+    assert updates[0][-1] is None
+    # The next ones send their own column only.
+    np.testing.assert_array_equal(middle["4"][0][1], reference(7, 4))
+    assert all(middle[slot] == (SKIP,) * 3 for slot in middle if slot != "4") and updates[1][-1] == SKIP
+    # The last is the whole result, as `compare` and the /compare endpoint return it.
+    full = soundctm_app.compare(**kwargs)
+    for slot in soundctm_app.slots:
+        for got, want in zip(last[slot], columns(soundctm_app, full)[slot]):
+            if isinstance(want, tuple):
+                assert got[0] == want[0] and np.array_equal(got[1], want[1]), slot
+            elif isinstance(want, np.ndarray):
+                np.testing.assert_array_equal(got, want)
+            elif slot != "teacher" and want is not None and want.endswith(" s"):
+                assert got.startswith(soundctm_app.slot_label(slot)), slot  # times differ between the two runs
+            else:
+                assert got == want or got.endswith(" s"), slot
+    assert updates[-1][-1] == full[-1] and "seed: 7" in full[-1]
+
+
+def test_compute_threads_run_handlers_and_streams_in_the_callers_context(app_module):
+    import contextvars
+    import threading
+
+    var = contextvars.ContextVar("request", default=None)
+    compute = app_module.ComputeThreads(1)
+    try:
+
+        def where(x):
+            return x, threading.current_thread().name, var.get()
+
+        def steps(n):
+            for i in range(n):
+                yield i, threading.current_thread().name, var.get()
+
+        def fails():
+            raise ValueError("named argument")
+
+        var.set("event-1")
+        assert compute.wrap(where)(3) == (3, "soundctm-compute_0", "event-1")
+        assert list(compute.wrap(steps)(2)) == [(i, "soundctm-compute_0", "event-1") for i in range(2)]
+        with pytest.raises(ValueError, match="named argument"):
+            compute.wrap(fails)()
+        # Gradio finds gr.Progress by the handler's signature.
+        import inspect
+
+        assert inspect.signature(compute.wrap(steps)) == inspect.signature(steps)
+        assert inspect.isgeneratorfunction(compute.wrap(steps))
+    finally:
+        compute.shutdown()
+
+
 def test_drafts_depend_only_on_their_own_seed_and_refine_keeps_the_draft(soundctm_app, reference):
     outputs = soundctm_app.drafts(PROMPT, "", 5.0, 1.0, reference.max_duration, 3)
     assert len(outputs) == 3 * 8

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from app_testing import PROMPT, app_module, models_dir, one_torch_thread, serve  # noqa: F401
+from app_testing import PROMPT, Gate, app_module, models_dir, one_torch_thread, serve  # noqa: F401
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -96,6 +96,28 @@ def test_drafts_then_refine_the_picked_one(browser, url):
     assert f"seed: {picked}" in settings.input_value() and "--steps 16" in settings.input_value()
     assert page.locator(".toast-body").count() == 0
     page.close()
+
+
+def test_the_1_step_column_plays_while_the_teacher_still_runs(browser, app_module, models_dir):
+    app = app_module.SoundCTMApp(*app_module.resolve_models(str(models_dir)))
+    demo = app.build()
+    gate = Gate(app.teacher.get().transformer)  # holds the teacher's first network evaluation
+    try:
+        with serve(demo, app_module) as url:
+            page = open_page(browser, url, viewport={"width": 1400, "height": 1000})
+            page.get_by_label("Prompt", exact=True).fill(PROMPT)
+            page.get_by_role("button", name="Generate", exact=True).click()
+            for slot in SLOTS[:-1]:
+                wait_for_wavs(page, f"#compare-{slot}", 1)
+            gate.wait_entered(1)
+            assert page.locator("#compare-teacher a[download]").count() == 0
+            gate.open()
+            wait_for_wavs(page, "#compare-teacher", 1)
+            page.wait_for_function("(el) => el.value.includes('teacher: ')",
+                                   arg=page.locator("#compare-settings textarea").element_handle())
+            page.close()
+    finally:
+        gate.open()
 
 
 def test_an_empty_prompt_shows_a_message_and_the_page_keeps_working(browser, url):
