@@ -7,24 +7,27 @@ CLI's single call in a fresh process.
 
 In one warm process, the pipeline calls and their parts run interleaved (every repeat runs each in turn, so a busy
 machine slows all alike) and the median is reported, with ratios: each part of the 1-step call against the call, the
-1-step call against the teacher's Heun-40 call. The compare is timed twice: the app's handler alone, and the whole
-round trip through the served app's HTTP API (gradio_client, as the page's click does: the request, the queue, the
-six generations, the WAV and PNG files, the reply). The CLI runs `soundctm generate` in a new process (model loading
-and imports included), best of two.
+1-step call against the teacher's Heun-40 call. The compare is timed as a user meets it: `python app.py` serves in a
+process of its own and gradio_client sends the page's request; the columns arrive as they finish, so it is timed to
+the first (the 1-step draft) and to the last (the teacher's), files included; the sum of the six pipeline calls' times
+that the app prints under its columns is reported beside them. The CLI runs `soundctm generate` in a new process (model loading and imports included), best of two.
 """
 
 import argparse
+import contextlib
 import os
+import re
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+import httpx
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, ROOT)
 
 from soundctm import SoundCTMPipeline  # noqa: E402
@@ -78,20 +81,71 @@ def pipeline_times(student, teacher, repeats: int) -> dict:
                               "decode (Griffin-Lim)": decode, "teacher, Heun 40": heun}, repeats)  # fmt: skip
 
 
-def compare_times(student_dir: str, repeats: int) -> dict:
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served_app(student_dir: str, threads: int, timeout: float = 180.0):
+    """`python app.py --model student_dir` in a process of its own, as a user starts it; yields its URL."""
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "GRADIO_ANALYTICS_ENABLED": "False"}
+    server = subprocess.Popen([sys.executable, os.path.join(ROOT, "app.py"), "--model", student_dir, "--host", "127.0.0.1",
+                               "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"app.py exited with code {server.returncode} before serving")
+            try:
+                if httpx.get(url, timeout=2.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"app.py did not serve {url} within {timeout:.0f} s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def compare_times(student_dir: str, repeats: int, threads: int) -> dict:
+    """
+    The app's compare from click to the first and to the last column: `gradio_client` sends the page's request to
+    `python app.py` serving in another process (the request, the queue, the generations, the WAV and PNG files of each
+    column as it finishes, the reply). Also the sum of the six pipeline calls' wall times that the app prints under
+    each column. Medians of `repeats` after one warm-up.
+    """
     from gradio_client import Client
 
-    from app_testing import load_app_module, serve
-
-    app_module = load_app_module()
-    app = app_module.SoundCTMApp(*app_module.resolve_models(student_dir))
-    student = app.student.get()
+    student = SoundCTMPipeline.from_pretrained(student_dir)
     length, omega = student.max_audio_length_in_s, student.default_guidance_scale  # the app's defaults
-    handler = lambda: app.compare(PROMPT, "", 0, omega, 1.0, 0.0, length, STEPS, progress=lambda *a, **k: None)  # noqa: E731
-    with serve(app.build(), app_module) as url:
+    first, last, pipelines = [], [], []
+    with served_app(student_dir, threads) as url:
         client = Client(url, verbose=False)
-        http = lambda: client.predict(PROMPT, "", 0, omega, 1.0, 0.0, length, STEPS, api_name="/compare")  # noqa: E731
-        return timed_interleaved({"compare, handler": handler, "compare, click to last column (HTTP)": http}, repeats)
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            job = client.submit(PROMPT, "", 0, omega, 1.0, 0.0, length, STEPS, api_name="/compare")
+            updates = iter(job)
+            next(updates)  # the 1-step column, its files downloaded
+            first.append(time.perf_counter() - start)
+            outputs = job.result()
+            last.append(time.perf_counter() - start)
+            labels = outputs[2:3 * len(STEPS):3]  # per column: audio, spectrogram, "<column>: <seconds> s"
+            times = [float(m) for label in labels for m in re.findall(r": ([0-9.]+) s$", label)]
+            if len(times) != len(STEPS):
+                raise RuntimeError(f"expected {len(STEPS)} column times in the reply, found {times}")
+            pipelines.append(sum(times))
+    return {
+        "compare, click to the 1-step column (HTTP)": statistics.median(first[1:]),
+        "compare, click to the last column (HTTP)": statistics.median(last[1:]),
+        "compare, its six pipeline calls (the app's time labels)": statistics.median(pipelines[1:]),
+    }
 
 
 def cli_seconds(threads: int) -> float:
@@ -122,7 +176,7 @@ def main(argv=None):
         pipe.set_progress_bar_config(disable=True)
     times = pipeline_times(student, teacher, args.repeats)
     if not args.no_app:
-        times.update(compare_times(args.student, args.repeats))
+        times.update(compare_times(args.student, args.repeats, args.threads))
     if not args.no_cli:
         times["CLI, one call in a fresh process"] = cli_seconds(args.threads)
 
@@ -135,6 +189,8 @@ def main(argv=None):
             ratio = f"{seconds / one:.2f} of the 1-step generation"
         elif name == "1-step generation":
             ratio = f"{one / heun:.3f} of the teacher's"
+        elif name.startswith("compare, click to the 1-step"):
+            ratio = f"{seconds / one:.1f}× the 1-step generation alone"
         elif name.startswith("compare"):
             ratio = f"{seconds / heun:.2f}× the teacher's Heun 40 alone"
         else:
