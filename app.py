@@ -456,10 +456,12 @@ class SoundCTMApp:
     def compare_stream(self, prompt, negative_prompt, seed, omega, nu, gamma, duration, steps,
                        progress=gr.Progress()):
         """
-        `compare`, one update per finished column, so the 1-step draft is heard while the teacher still runs. The
-        first update clears the columns of the previous result; the next ones send only their new column (the
-        others are `gr.skip()`); the last holds every column and the settings text. Progress is reported per column:
-        tracking the pipelines' tqdm bars too (110 updates a compare) slowed it through HTTP.
+        `compare` in three updates, so the 1-step draft is heard at once and the student's columns while the
+        teacher still runs: after the first column (it also clears the columns of the previous result), before the
+        teacher's (the columns finished since; the others are `gr.skip()`), and at the end (every column and the
+        settings text). An update per column cost more than it gave: each one's files and messages compete with the
+        sampling for the CPU (benchmarks/bench_demo.py). Progress is reported per column: tracking the pipelines'
+        tqdm bars too (110 updates a compare) slowed it through HTTP.
         """
         settings = self.settings(prompt, negative_prompt, seed, omega, nu, gamma, duration)
         if isinstance(steps, str):
@@ -482,15 +484,18 @@ class SoundCTMApp:
             else:
                 results[slot] = self._generate(self.student, settings, int(slot))
                 lines.append(f"{self.slot_label(slot)}: " + settings.command(int(slot), self._model_arg(self.student), f"steps{slot}.wav"))
-            if i < len(todo) - 1:
-                yield self._compare_outputs(results, None, only=None if i == 0 else slot)
+            if i == 0 and len(todo) > 1:
+                yield self._compare_outputs(results, None)
+                sent = {slot}
+            elif i < len(todo) - 1 and todo[i + 1] == TEACHER:
+                yield self._compare_outputs(results, None, only=set(results) - sent)
         yield self._compare_outputs(results, settings.describe(lines))
 
-    def _compare_outputs(self, results: dict, settings_text: str | None, only: str | None = None) -> list:
+    def _compare_outputs(self, results: dict, settings_text: str | None, only: set[str] | None = None) -> list:
         """The flat output list; with `only`, every other column and the settings are left as they are."""
         outputs = []
         for slot in self.slots:
-            if only is not None and slot != only:
+            if only is not None and slot not in only:
                 outputs += [gr.skip()] * 3
                 continue
             audio, image, elapsed = results.get(slot, (None, None, None))
