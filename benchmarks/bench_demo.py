@@ -10,7 +10,8 @@ machine slows all alike) and the median is reported, with ratios: each part of t
 1-step call against the teacher's Heun-40 call. The compare is timed as a user meets it: `python app.py` serves in a
 process of its own and gradio_client sends the page's request; the columns arrive as they finish, so it is timed to
 the first (the 1-step draft) and to the last (the teacher's), files included; the sum of the six pipeline calls' times
-that the app prints under its columns is reported beside them. The CLI runs `soundctm generate` in a new process (model loading and imports included), best of two.
+that the app prints under its columns is reported beside them, and the CPU time the client process spent, which a
+browser on another machine would not take from the server. The CLI runs `soundctm generate` in a new process (model loading and imports included), best of two.
 """
 
 import argparse
@@ -125,17 +126,18 @@ def compare_times(student_dir: str, repeats: int, threads: int) -> dict:
 
     student = SoundCTMPipeline.from_pretrained(student_dir)
     length, omega = student.max_audio_length_in_s, student.default_guidance_scale  # the app's defaults
-    first, last, pipelines = [], [], []
+    first, last, pipelines, client_cpu = [], [], [], []
     with served_app(student_dir, threads) as url:
         client = Client(url, verbose=False)
         for _ in range(repeats + 1):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             job = client.submit(PROMPT, "", 0, omega, 1.0, 0.0, length, STEPS, api_name="/compare")
             updates = iter(job)
             next(updates)  # the 1-step column, its files downloaded
             first.append(time.perf_counter() - start)
             outputs = job.result()
             last.append(time.perf_counter() - start)
+            client_cpu.append(time.process_time() - cpu)
             labels = outputs[2:3 * len(STEPS):3]  # per column: audio, spectrogram, "<column>: <seconds> s"
             times = [float(m) for label in labels for m in re.findall(r": ([0-9.]+) s$", label)]
             if len(times) != len(STEPS):
@@ -145,6 +147,7 @@ def compare_times(student_dir: str, repeats: int, threads: int) -> dict:
         "compare, click to the 1-step column (HTTP)": statistics.median(first[1:]),
         "compare, click to the last column (HTTP)": statistics.median(last[1:]),
         "compare, its six pipeline calls (the app's time labels)": statistics.median(pipelines[1:]),
+        "compare, CPU time of the client itself (shares this machine's cores with the server)": statistics.median(client_cpu[1:]),
     }
 
 
@@ -191,6 +194,8 @@ def main(argv=None):
             ratio = f"{one / heun:.3f} of the teacher's"
         elif name.startswith("compare, click to the 1-step"):
             ratio = f"{seconds / one:.1f}× the 1-step generation alone"
+        elif name.startswith("compare, CPU"):
+            ratio = "–"
         elif name.startswith("compare"):
             ratio = f"{seconds / heun:.2f}× the teacher's Heun 40 alone"
         else:
