@@ -155,8 +155,6 @@ class LazyPipeline:
         pipe = self.get()
         own = type(pipe)(**{**pipe.components, "scheduler": pipe.scheduler.__class__.from_config(pipe.scheduler.config)},
                          text_embedding=pipe.config.text_embedding, guidance_scale=pipe.default_guidance_scale)
-        if os.environ.get("NOBAR"):
-            own.set_progress_bar_config(disable=True)
         return own(**kwargs).audios
 
 
