@@ -115,7 +115,7 @@ def served_app(student_dir: str, threads: int, timeout: float = 180.0):
         server.wait(30)
 
 
-def compare_times(student_dir: str, repeats: int, threads: int) -> dict:
+def compare_times(student_dir: str, student, repeats: int, threads: int) -> dict:
     """
     The app's compare from click to the first and to the last column: `gradio_client` sends the page's request to
     `python app.py` serving in another process (the request, the queue, the generations, the WAV and PNG files of each
@@ -124,7 +124,6 @@ def compare_times(student_dir: str, repeats: int, threads: int) -> dict:
     """
     from gradio_client import Client
 
-    student = SoundCTMPipeline.from_pretrained(student_dir)
     length, omega = student.max_audio_length_in_s, student.default_guidance_scale  # the app's defaults
     first, last, pipelines, client_cpu = [], [], [], []
     with served_app(student_dir, threads) as url:
@@ -179,7 +178,7 @@ def main(argv=None):
         pipe.set_progress_bar_config(disable=True)
     times = pipeline_times(student, teacher, args.repeats)
     if not args.no_app:
-        times.update(compare_times(args.student, args.repeats, args.threads))
+        times.update(compare_times(args.student, student, args.repeats, args.threads))
     if not args.no_cli:
         times["CLI, one call in a fresh process"] = cli_seconds(args.threads)
 
