@@ -306,6 +306,40 @@ def test_prompt_embeds_can_replace_prompts(pipe):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_sequence_conditioning_attends_to_the_text_tokens_only():
+    """text_embedding="sequence" (FLAN-T5 for the 16 kHz family): per-token states with their mask. Under ν the
+    prompt and "" have different token counts; the padding the pipeline adds must change nothing."""
+    p = tiny_pipeline(student=True, text_embedding="sequence")
+    p.set_progress_bar_config(disable=True)
+    cpu = torch.device("cpu")
+    emb, mask = p.encode_text(["a dog barks", ""], cpu, return_mask=True)
+    ids = p.tokenizer(["a dog barks"], return_tensors="pt")
+    assert emb.shape == (2, ids.input_ids.shape[1], 16) and mask.tolist() == [[True] * 4, [True, False, False, False]]
+    torch.testing.assert_close(emb[:1], p.text_encoder(**ids).last_hidden_state, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="return_mask=True"):
+        p.encode_text(["a dog barks"], cpu)
+
+    kw = dict(num_inference_steps=1, output_type="latent")
+    x_T = torch.randn(1, 4, 16, generator=gen(3))
+    cond = p("a siren wails", latents=x_T, **kw).audios
+    uncond = p("", latents=x_T, **kw).audios
+    assert not torch.allclose(cond, uncond)
+    mixed = p("a siren wails", nu=2.5, latents=x_T, **kw).audios
+    torch.testing.assert_close(mixed, uncond + 2.5 * (cond - uncond), rtol=1e-4, atol=1e-5)
+    # Precomputed embeddings with their masks give the prompts' result; padded further, still the same.
+    e, m = p.encode_text(["a siren wails"], cpu, return_mask=True)
+    ne, nm = p.encode_text([""], cpu, return_mask=True)
+    padded_e = torch.nn.functional.pad(e, (0, 0, 0, 3))
+    padded_m = torch.nn.functional.pad(m, (0, 3), value=False)
+    out = p(prompt_embeds=padded_e, prompt_attention_mask=padded_m, negative_prompt_embeds=ne,
+            negative_prompt_attention_mask=nm, nu=2.5, latents=x_T, **kw).audios  # fmt: skip
+    torch.testing.assert_close(out, mixed, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="prompt_attention_mask"):
+        p(prompt_embeds=e, prompt_attention_mask=m[:, :2], latents=x_T, **kw)
+    with pytest.raises(ValueError, match="prompt_embeds"):
+        p("a siren wails", prompt_attention_mask=m, latents=x_T, **kw)
+
+
 # ------------------------------------------------------------------------------------------ bad input
 BAD_INPUTS = [
     (dict(prompt=[]), ValueError, "prompt"),

@@ -8,7 +8,17 @@ import math
 
 import torch
 from tokenizers import ByteLevelBPETokenizer
-from transformers import BertConfig, BertModel, BertTokenizer, ClapTextConfig, ClapTextModelWithProjection, RobertaTokenizer
+from transformers import (
+    BertConfig,
+    BertModel,
+    BertTokenizer,
+    ClapTextConfig,
+    ClapTextModelWithProjection,
+    PreTrainedTokenizerFast,
+    RobertaTokenizer,
+    T5Config,
+    T5EncoderModel,
+)
 
 from soundctm import AutoencoderGaussianDAC, AutoencoderLogMel, CTMScheduler, EDMHeunScheduler, SoundCTMDiTModel, SoundCTMPipeline
 
@@ -41,8 +51,22 @@ def tiny_bert_tokenizer(model_max_length: int = 64) -> BertTokenizer:
     return BertTokenizer(vocab={tok: i for i, tok in enumerate(vocab)}, model_max_length=model_max_length)
 
 
+def tiny_t5_tokenizer(model_max_length: int = 32) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer that ends every text with </s> and pads with <pad> (id 0), as T5's does."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {tok: i for i, tok in enumerate(["<pad>", "</s>", "<unk>"] + sorted(set(WORDS) | {"an", "now"}))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=model_max_length
+    )
+
+
 def tiny_text_encoder(text_embedding: str, seed: int = 0):
-    """(text_encoder, tokenizer, embedding width) for "projected"/"pooled" (CLAP) or "mean" (BERT)."""
+    """(text_encoder, tokenizer, embedding width) for "projected"/"pooled" (CLAP), "mean" (BERT) or "sequence"
+    (a T5 encoder, as FLAN-T5 conditions the 16 kHz family)."""
     torch.manual_seed(seed)
     if text_embedding in ("projected", "pooled"):
         tokenizer = tiny_roberta_tokenizer()
@@ -69,6 +93,21 @@ def tiny_text_encoder(text_embedding: str, seed: int = 0):
             max_position_embeddings=128,
         )
         encoder = BertModel(config).eval()  # with its pooler, as BertModel.from_pretrained builds it
+        width = 16
+    elif text_embedding == "sequence":
+        tokenizer = tiny_t5_tokenizer()
+        config = T5Config(
+            vocab_size=len(tokenizer),
+            d_model=16,
+            d_kv=4,
+            d_ff=32,
+            num_layers=2,
+            num_heads=4,
+            feed_forward_proj="gated-gelu",
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+        encoder = T5EncoderModel(config).eval()
         width = 16
     else:
         raise ValueError(text_embedding)

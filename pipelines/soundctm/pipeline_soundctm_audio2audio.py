@@ -86,7 +86,7 @@ class SoundCTMAudioToAudioPipeline(soundctm_pipeline.SoundCTMPipeline):
             prompt, negative_prompt, num_inference_steps, guidance_scale, nu, gamma, None, num_waveforms_per_prompt,
             generator, None, prompt_embeds, negative_prompt_embeds, output_type, callback_on_step_end_tensor_inputs,
         )  # fmt: skip
-        full = self.transformer.config.sample_size * self.vae.hop_length
+        full = self.latent_frames * self.vae.hop_length
         waveform, notes = prepare_input_audio(audio, sampling_rate, self.sampling_rate, max_samples=full, name="audio")
         for note in notes:
             logger.warning(note)

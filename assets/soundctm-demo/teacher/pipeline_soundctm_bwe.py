@@ -92,7 +92,7 @@ class SoundCTMBandwidthExtensionPipeline(soundctm_pipeline.SoundCTMPipeline):
         input_rate = rate if sampling_rate is None else sampling_rate
         nyquist_rate = min(rate, input_rate) if isinstance(input_rate, (int, np.integer)) else rate
         cutoff_hz = check_cutoff(cutoff_hz, nyquist_rate)
-        full = self.transformer.config.sample_size * self.vae.hop_length
+        full = self.latent_frames * self.vae.hop_length
         waveform, notes = prepare_input_audio(audio, sampling_rate, rate, max_samples=full, name="audio")
         for note in notes:
             logger.warning(note)

@@ -116,7 +116,7 @@ class SoundCTMGuidancePipeline(soundctm_pipeline.SoundCTMPipeline):
             callback_on_step_end_tensor_inputs,
         )  # fmt: skip
         device = self._execution_device
-        full = self.transformer.config.sample_size * self.vae.hop_length
+        full = self.latent_frames * self.vae.hop_length
         num_samples = full if audio_length_in_s is None else min(full, int(audio_length_in_s * self.sampling_rate))
         if intensity_curve is not None:
             loss_fn = intensity_loss(intensity_curve, num_samples, self.sampling_rate, intensity_range_db).to(device)
@@ -196,7 +196,7 @@ class SoundCTMGuidancePipeline(soundctm_pipeline.SoundCTMPipeline):
         guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
         sigma_max = float(self.scheduler.config.sigma_max)
         sigma_min = float(self.scheduler.config.sigma_min)
-        num_samples = num_samples or self.transformer.config.sample_size * self.vae.hop_length
+        num_samples = num_samples or self.latent_frames * self.vae.hop_length
         z_T = torch.nn.Parameter(latents.detach().float() * sigma_max)
         optimizer = torch.optim.Adam([z_T], lr=learning_rate)
         with torch.enable_grad(), self.progress_bar(total=num_iterations) as progress_bar:
