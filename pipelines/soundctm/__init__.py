@@ -3,10 +3,11 @@ text-to-sound teacher, as a diffusers pipeline."""
 
 from .autoencoder_gaussian_dac import AutoencoderGaussianDAC
 from .autoencoder_log_mel import AutoencoderLogMel
+from .autoencoder_mel_vocoder import AutoencoderMelVocoder
 from .pipeline import SoundCTMPipeline
 from .scheduling_ctm import CTMScheduler
 from .scheduling_edm_heun import EDMHeunScheduler
 from .transformer_soundctm_dit import SoundCTMDiTModel
 
-__all__ = ["AutoencoderGaussianDAC", "AutoencoderLogMel", "CTMScheduler", "EDMHeunScheduler", "SoundCTMDiTModel", "SoundCTMPipeline"]
+__all__ = ["AutoencoderGaussianDAC", "AutoencoderLogMel", "AutoencoderMelVocoder", "CTMScheduler", "EDMHeunScheduler", "SoundCTMDiTModel", "SoundCTMPipeline"]
 __version__ = "0.1.0"
