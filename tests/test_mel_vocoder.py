@@ -7,31 +7,13 @@ import math
 
 import pytest
 import torch
+from tiny_models import CHANNELS, LATENT, LAYERS, MEL, VAE, VOCODER, tiny_mel_vocoder
 
 from hub.audioldm_checkpoint import convert_audioldm_checkpoint, convert_audioldm_state_dict
 from soundctm import AutoencoderMelVocoder
 
-# Tiny sizes of the same structure as AudioLDM-S: three VAE levels (4× down in time and mel bins), a HiFi-GAN whose
-# upsampling multiplies to the STFT hop.
-MEL = dict(sampling_rate=16000, n_fft=256, win_length=256, stft_hop_length=40, n_mels=16, f_min=0.0, f_max=8000.0)
-CHANNELS, LAYERS, LATENT = [4, 8, 8], 1, 4
-VAE = dict(in_channels=1, out_channels=1, down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
-           block_out_channels=CHANNELS, layers_per_block=LAYERS, latent_channels=LATENT, norm_num_groups=2, sample_size=32)  # fmt: skip
-VOCODER = dict(model_in_dim=16, sampling_rate=16000, upsample_initial_channel=8, upsample_rates=[5, 8], upsample_kernel_sizes=[11, 16],
-               resblock_kernel_sizes=[3, 5], resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]], normalize_before=False)  # fmt: skip
-HOP = 40 * 4
+HOP = MEL["stft_hop_length"] * 4
 SCALE_FACTOR = 0.8
-
-
-def tiny_mel_vocoder(seed: int = 0, **config) -> AutoencoderMelVocoder:
-    """Random weights at trained-network scales (HiFi-GAN's N(0, 0.01) init would make a near-silent vocoder)."""
-    torch.manual_seed(seed)
-    model = AutoencoderMelVocoder(vae_config=VAE, vocoder_config=VOCODER, latent_dim=LATENT, **MEL, **config)
-    with torch.no_grad():
-        for module in model.vocoder.modules():
-            if isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
-                module.reset_parameters()
-    return model.eval()
 
 
 def test_encode_gives_quarter_resolution_latents_and_decode_gives_hop_length_samples_per_frame():

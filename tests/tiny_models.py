@@ -20,7 +20,19 @@ from transformers import (
     T5EncoderModel,
 )
 
-from soundctm import AutoencoderGaussianDAC, AutoencoderLogMel, CTMScheduler, EDMHeunScheduler, SoundCTMDiTModel, SoundCTMPipeline
+from diffusers import UNet2DConditionModel
+
+from hub.unet16k_checkpoints import tango_unet_config
+from soundctm import (
+    AutoencoderGaussianDAC,
+    AutoencoderLogMel,
+    AutoencoderMelVocoder,
+    CTMScheduler,
+    EDMHeunScheduler,
+    SoundCTMDiTModel,
+    SoundCTMPipeline,
+    SoundCTMUNet2DConditionModel,
+)
 
 WORDS = (
     "a the dog barks cat meows bird chirps siren wails rain falls on roof engine hums loud soft low high pitch "
@@ -180,4 +192,67 @@ def tiny_pipeline(student: bool = True, text_embedding: str = "projected", seed:
         transformer=tiny_transformer(width, is_student=student, seed=seed),
         scheduler=scheduler,
         text_embedding=text_embedding,
+    )
+
+
+# ------------------------------------------------------------------------------------------ the 16 kHz family
+# Tiny sizes of the same structure as AudioLDM-S: three VAE levels (4× down in time and mel bins), a HiFi-GAN whose
+# upsampling multiplies to the STFT hop.
+MEL = dict(sampling_rate=16000, n_fft=256, win_length=256, stft_hop_length=40, n_mels=16, f_min=0.0, f_max=8000.0)
+CHANNELS, LAYERS, LATENT = [4, 8, 8], 1, 4
+VAE = dict(in_channels=1, out_channels=1, down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
+           block_out_channels=CHANNELS, layers_per_block=LAYERS, latent_channels=LATENT, norm_num_groups=2, sample_size=32)  # fmt: skip
+VOCODER = dict(model_in_dim=16, sampling_rate=16000, upsample_initial_channel=8, upsample_rates=[5, 8], upsample_kernel_sizes=[11, 16],
+               resblock_kernel_sizes=[3, 5], resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]], normalize_before=False)  # fmt: skip
+
+
+def tiny_mel_vocoder(seed: int = 0, **config) -> AutoencoderMelVocoder:
+    """Random weights at trained-network scales (HiFi-GAN's N(0, 0.01) init would make a near-silent vocoder)."""
+    torch.manual_seed(seed)
+    model = AutoencoderMelVocoder(vae_config=VAE, vocoder_config=VOCODER, latent_dim=LATENT, **MEL, **config)
+    with torch.no_grad():
+        for module in model.vocoder.modules():
+            if isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
+                module.reset_parameters()
+    return model.eval()
+
+
+def tiny_unet(student: bool, cross_attention_dim: int, seed: int = 0, frames: int = 8) -> UNet2DConditionModel:
+    """TANGO's UNet (its block types, linear projection, upcast attention), small, on `tiny_mel_vocoder`'s latents
+    `(LATENT, frames, n_mels / 4)`; every weight offset at random so that no two tensors are alike. The student is
+    built from the teacher, as distillation starts it."""
+    torch.manual_seed(seed)
+    config = tango_unet_config(
+        sample_size=(frames, MEL["n_mels"] // 4),
+        in_channels=LATENT,
+        out_channels=LATENT,
+        block_out_channels=[8, 16, 16, 16],
+        attention_head_dim=[2, 2, 4, 4],
+        layers_per_block=1,
+        norm_num_groups=4,
+        cross_attention_dim=cross_attention_dim,
+    )
+    model = UNet2DConditionModel(**config)
+    if student:
+        model = SoundCTMUNet2DConditionModel.from_teacher(model)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def tiny_unet16k_pipeline(student: bool = True, seed: int = 0) -> SoundCTMPipeline:
+    """The 16 kHz family in miniature: a TANGO-type UNet on mel-VAE latents, T5 token conditioning, σ_data 0.25."""
+    text_encoder, tokenizer, width = tiny_text_encoder("sequence", seed)
+    vae = tiny_mel_vocoder(seed, latents_std=[0.25 / 0.8] * LATENT, scaling_factor=0.25)
+    scheduler = CTMScheduler(sigma_data=0.25) if student else EDMHeunScheduler(sigma_data=0.25)
+    return SoundCTMPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=tiny_unet(student, width, seed),
+        scheduler=scheduler,
+        text_embedding="sequence",
+        guidance_scale=3.5,
     )

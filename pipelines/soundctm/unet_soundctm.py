@@ -19,6 +19,7 @@ import inspect
 import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  diffusers' loader looks its base class up in this module
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel, UNet2DConditionOutput
 
 from .transformer_soundctm_dit import guidance_scale_embedding
