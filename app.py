@@ -556,7 +556,9 @@ class SoundCTMApp:
 
     def model_text(self) -> str:
         teacher = f"`{self.teacher.model}`" if self.teacher else "none"
-        return f"Model: `{self.student.model}` · teacher: {teacher}"
+        pipe = self.student.loaded
+        audio = "" if pipe is None else f" ({pipe.sampling_rate / 1000:g} kHz, up to {pipe.max_audio_length_in_s:.1f} s)"
+        return f"Model: `{self.student.model}`{audio} · teacher: {teacher}"
 
     def build(self, max_queue: int | None = 32, concurrency: int = 1) -> gr.Blocks:
         """The page. `max_queue` waiting requests at most (more are refused), `concurrency` generations at a time."""

@@ -277,6 +277,19 @@ def test_examples_are_the_models_own_prompts_else_general_ones(app_module, model
     assert general.default_guidance_scale() == own.student.get().default_guidance_scale == 5.0  # where ω starts
 
 
+def test_a_16khz_unet_student_runs_and_the_page_names_its_rate(app_module, tmp_path):
+    from tiny_models import tiny_unet16k_pipeline
+
+    tiny_unet16k_pipeline(student=True).save_pretrained(tmp_path / "unet16k")
+    app = app_module.SoundCTMApp(str(tmp_path / "unet16k"))
+    pipe = app.student.get()
+    assert "16 kHz, up to 0.1 s" in app.model_text()
+    outputs = app.compare(**compare_kwargs(pipe.max_audio_length_in_s, steps=["1", "2"]))
+    for steps in ("1", "2"):
+        (rate, audio), image, _ = columns(app, outputs)[steps]
+        assert rate == 16000 and audio.shape[-1] == pipe.latent_frames * pipe.vae.hop_length and image is not None
+
+
 def test_duration_shows_rounded_seconds_and_its_end_is_the_full_length(app_module, soundctm_app, reference):
     assert app_module.duration_slider(4.08671201814059) == (0.1, 4.1)
     assert app_module.duration_slider(10.0) == (0.1, 10.0)
