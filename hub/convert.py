@@ -10,6 +10,9 @@ The folder loads with `SoundCTMPipeline.from_pretrained(folder)`, with
 `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` (nothing installed but diffusers and
 transformers), and with `custom_pipeline="pipelines/soundctm"`.
 
+`--variant unet16k` converts the 16 kHz SoundCTM-UNet release (Sony/soundctm) into two folders, OUTPUT/student and
+OUTPUT/teacher: see `python -m hub.convert --variant unet16k --help` (hub/convert_unet16k.py).
+
 The input pickles are read with torch.load(weights_only=True); a file that needs more is refused unless you pass
 --trust-pickles (see hub/authors_checkpoints.py).
 """
@@ -157,7 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m hub.convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--variant", required=True, choices=sorted(VARIANTS), help="which released model")
+    parser.add_argument(
+        "--variant",
+        required=True,
+        choices=sorted(VARIANTS) + ["unet16k"],
+        help="which released model (unet16k: the 16 kHz SoundCTM-UNet, its own options: --variant unet16k --help)",
+    )
     parser.add_argument("--output", required=True, help="the pipeline folder to write")
     parser.add_argument(
         "--source",
@@ -193,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    variant = argparse.ArgumentParser(add_help=False)
+    variant.add_argument("--variant")
+    if variant.parse_known_args(argv)[0].variant == "unet16k":
+        from . import convert_unet16k
+
+        return convert_unet16k.main(argv)
     args = build_parser().parse_args(argv)
     try:
         convert(

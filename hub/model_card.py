@@ -49,6 +49,8 @@ class CardFacts:
     tags: list[str] = field(default_factory=list)
     # Prompts the model knows, shown as the Hub widget's examples and as the app's examples.
     example_prompts: list[str] = field(default_factory=list)
+    # Markdown shown under "Reported results" (e.g. the paper's table for this model), verbatim.
+    results: str | None = None
     # ν of the recommended 16-step refinement: the paper's 5 unless the model was measured to prefer another.
     refine_nu: float = 5.0
 
@@ -126,7 +128,10 @@ def describe_pipeline(folder: str | Path) -> dict:
     dit = _read_json(folder / "transformer" / "config.json")
     vae = _read_json(folder / "vae" / "config.json")
     text = _read_json(folder / "text_encoder" / "config.json") if (folder / "text_encoder" / "config.json").is_file() else {}
-    if vae.get("_class_name") == "AutoencoderLogMel":
+    if vae.get("_class_name") == "AutoencoderMelVocoder":  # AudioLDM's mel VAE (4x down) + HiFi-GAN: the 16 kHz family
+        hop = int(vae.get("stft_hop_length", 160)) * 2 ** (len((vae.get("vae_config") or {}).get("block_out_channels", [0, 0, 0])) - 1)
+        vae_kind = f"mel VAE ({vae.get('n_mels', 64)} mel bands) with a HiFi-GAN vocoder"
+    elif vae.get("_class_name") == "AutoencoderLogMel":
         hop = int(vae.get("stft_hop_length", 1024)) * int(vae.get("frames_per_latent", 2))
         vae_kind = f"log-mel spectral codec ({vae.get('n_mels', 128)} mel bands, Griffin-Lim decoder)"
     else:
@@ -139,13 +144,23 @@ def describe_pipeline(folder: str | Path) -> dict:
     variants = sorted({p.name.split(".")[-2] for p in folder.glob("*/*.safetensors") if p.name.count(".") == 2})
     tokenizer_config = folder / "tokenizer" / "tokenizer_config.json"
     max_tokens = _read_json(tokenizer_config).get("model_max_length") if tokenizer_config.is_file() else None
+    unet = dit.get("_class_name") in ("UNet2DConditionModel", "SoundCTMUNet2DConditionModel")
+    frames = dit.get("sample_size", 432)
+    frames = frames[0] if isinstance(frames, list) else frames  # a UNet's (frames, mel bins / 4)
+    if unet:  # TANGO's UNet (16 kHz family): no `num_layers`, a teacher is diffusers' own class
+        levels = dit.get("block_out_channels") or []
+        architecture = f"UNet with {len(levels)} levels of {'/'.join(map(str, levels))} channels"
+    else:
+        width = (dit.get("num_attention_heads") or 0) * (dit.get("attention_head_dim") or 0)
+        architecture = f"DiT with {dit.get('num_layers')} layers, width {width}"
     return dict(
-        is_student=bool(dit.get("is_student", True)),
+        is_student=bool(dit.get("is_student", dit.get("_class_name") != "UNet2DConditionModel")),
+        architecture=architecture,
         text_embedding=index.get("text_embedding", "projected"),
         text_encoder_class=(text.get("architectures") or [text.get("model_type", "?")])[0] if text else f"from the `{package}` package",
         vae_kind=vae_kind,
         dit_layers=dit.get("num_layers"),
-        dit_width=dit.get("num_attention_heads", 0) * dit.get("attention_head_dim", 0),
+        dit_width=(dit.get("num_attention_heads") or 0) * (dit.get("attention_head_dim") or 0) if not unet else None,
         cross_attention_dim=dit.get("cross_attention_dim"),
         dit_params=_parameter_count(folder / "transformer"),
         vae_params=_parameter_count(folder / "vae"),
@@ -153,7 +168,7 @@ def describe_pipeline(folder: str | Path) -> dict:
         hop_length=hop,
         sampling_rate=rate,
         audio_channels=channels,
-        length_s=int(dit.get("sample_size", 432)) * hop / rate,
+        length_s=int(frames) * hop / rate,
         max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens < 10**6 else None,
         variants=variants,
         guidance_scale=float(index.get("guidance_scale", 5.0)),
@@ -194,6 +209,8 @@ def make_model_card(folder: str | Path, facts: CardFacts) -> ModelCard:
         origin=facts.origin,
         kind_long=kind,
         is_student=info["is_student"],
+        architecture=info["architecture"],
+        results=facts.results,
         dit_layers=info["dit_layers"],
         dit_width=info["dit_width"],
         dit_params=_count_words(info["dit_params"]),

@@ -338,7 +338,7 @@ def test_help_describes_the_command(capsys):
     with pytest.raises(SystemExit) as exit_info:
         convert_main(["--help"])
     out = capsys.readouterr().out
-    assert exit_info.value.code == 0 and "--variant {ac_v1_iclr,ac_v2,as_ac_v2}" in out
+    assert exit_info.value.code == 0 and "--variant {ac_v1_iclr,ac_v2,as_ac_v2,unet16k}" in out
     assert "--trust-pickles" in out and "--tokenizer" in out
 
 
