@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from .audioldm_checkpoint import convert_audioldm_checkpoint
+from .authors_checkpoints import hub_reachable
 from .folders import atomic_output_dir, human_size, list_files
 from .model_card import CardFacts, write_model_card
 from .unet16k_checkpoints import (
@@ -110,8 +111,14 @@ def load_text_encoder(folder: str | None):
     name = folder or TEXT_ENCODER_REPO
     if folder is not None and not Path(folder).is_dir():
         raise FileNotFoundError(f"--text-encoder {folder}: not a folder (expected a transformers folder with a T5 encoder and its tokenizer)")
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    text_encoder = T5EncoderModel.from_pretrained(name).eval()
+    # Offline, the Hub id is only tried in the local cache (at once, instead of after huggingface_hub's retries).
+    local_only = folder is not None or not hub_reachable()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
+        text_encoder = T5EncoderModel.from_pretrained(name, local_files_only=local_only).eval()
+    except OSError as err:
+        hint = " (the Hub cannot be reached and it is not in the local cache: pass --text-encoder DIR)" if folder is None else ""
+        raise ValueError(f"cannot load the T5 text encoder from {name}{hint}: {str(err).splitlines()[0]}") from None
     return text_encoder, tokenizer
 
 

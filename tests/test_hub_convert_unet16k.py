@@ -180,3 +180,14 @@ def test_a_text_encoder_of_another_width_is_named_against_the_unet_file(authors,
     assert convert_main(argv) == 2
     err = capsys.readouterr().err
     assert TEACHER_FILE in err and "8-d (d_model)" in err and not output.exists()
+
+
+def test_offline_without_a_text_encoder_folder_says_to_pass_one(authors, src_copy, capsys, monkeypatch):
+    import hub.convert_unet16k as module
+
+    monkeypatch.setattr(module, "hub_reachable", lambda: False)
+    monkeypatch.setattr(module, "TEXT_ENCODER_REPO", "soundctm-tests/no-such-t5")  # surely not in any local cache
+    output = src_copy.parent / "out"
+    code = convert_main(["--variant", "unet16k", "--source", str(src_copy), "--output", str(output)])
+    assert code == 2 and not output.exists()
+    assert "pass --text-encoder DIR" in capsys.readouterr().err
