@@ -60,7 +60,7 @@ def sample_omega(batch_size: int, omega_min: float, omega_max: float, generator:
 
 # ---------------------------------------------------------------------------------------------- teacher solve
 @torch.no_grad()
-def heun_solve_cfg(teacher, z: torch.Tensor, sigmas: torch.Tensor, n: torch.Tensor, k: int, cond, uncond, omega):
+def heun_solve_cfg(teacher, z: torch.Tensor, sigmas: torch.Tensor, n: torch.Tensor, k: int, cond, uncond, omega, cond_mask=None, uncond_mask=None):
     """
     Solver(z_t, c, ω, t, u; φ): k Heun steps (EDM Algorithm 1, without churn) of the classifier-free-guided PF ODE
     dz/dσ = (z − D_ω(z; σ)) / σ, D_ω = D(∅) + ω·(D(c) − D(∅)), along the grid `sigmas` from sigmas[n] to
@@ -73,7 +73,8 @@ def heun_solve_cfg(teacher, z: torch.Tensor, sigmas: torch.Tensor, n: torch.Tens
         z (`torch.Tensor` of shape `(B, C, T)`): z_t.
         sigmas (`torch.Tensor` of shape `(N,)`): the training grid, decreasing, ending at σ_min > 0.
         n (`torch.LongTensor` of shape `(B,)`): start indices; n + k must be on the grid.
-        cond, uncond (`torch.Tensor` of shape `(B, 1, D)`): text and empty-prompt embeddings.
+        cond, uncond (`torch.Tensor` of shape `(B, tokens, D)`): text and empty-prompt embeddings.
+        cond_mask, uncond_mask (`torch.Tensor` of shape `(B, tokens)`, *optional*): their attention masks.
         omega (`torch.Tensor` of shape `(B,)`): CFG scales.
     Returns:
         z_u, float32, shape `(B, C, T)`.
@@ -83,17 +84,18 @@ def heun_solve_cfg(teacher, z: torch.Tensor, sigmas: torch.Tensor, n: torch.Tens
         t_cur, t_next = sigmas[n + j], sigmas[n + j + 1]
         dt = append_dims(t_next - t_cur, z.ndim)
         # Euler step.
-        d_cur = (z - teacher.guided_denoise(z, t_cur, cond, uncond, omega)) / append_dims(t_cur, z.ndim)
+        d_cur = (z - teacher.guided_denoise(z, t_cur, cond, uncond, omega, cond_mask, uncond_mask)) / append_dims(t_cur, z.ndim)
         z_next = z + dt * d_cur
         # Apply 2nd order correction (t_next >= σ_min > 0 on the training grid, so it always applies).
-        d_next = (z_next - teacher.guided_denoise(z_next, t_next, cond, uncond, omega)) / append_dims(t_next, z.ndim)
+        d_next = (z_next - teacher.guided_denoise(z_next, t_next, cond, uncond, omega, cond_mask, uncond_mask)) / append_dims(t_next, z.ndim)
         z = z + dt * (0.5 * d_cur + 0.5 * d_next)
     return z
 
 
 # ---------------------------------------------------------------------------------------------- CTM jump
-def student_output(model, scheduler, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor, omega, embeds) -> torch.Tensor:
-    """The student's raw output F = NN_θ(c_in(t)·z_t, c_noise(t), c_noise(s), ω, c), as float32."""
+def student_output(model, scheduler, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor, omega, embeds, mask=None) -> torch.Tensor:
+    """The student's raw output F = NN_θ(c_in(t)·z_t, c_noise(t), c_noise(s), ω, c), as float32; `mask` is the
+    `(B, tokens)` attention mask of per-token text states (None: every token)."""
     dtype = getattr(model, "dtype", z.dtype)
     return model(
         hidden_states=(append_dims(scheduler.c_in(t), z.ndim) * z).to(dtype),
@@ -101,6 +103,7 @@ def student_output(model, scheduler, z: torch.Tensor, t: torch.Tensor, s: torch.
         target_timestep=scheduler.sigma_to_timestep(s),
         guidance_scale=omega,
         encoder_hidden_states=embeds,
+        encoder_attention_mask=mask,
     ).sample.float()
 
 
@@ -190,6 +193,16 @@ def conv1x1_weight_grad(grad_output: torch.Tensor, layer_input: torch.Tensor) ->
     it holds whatever wraps the model (DDP, FSDP and DeepSpeed shard or flatten the parameters themselves).
     """
     return torch.einsum("bot,bit->oi", grad_output.float(), layer_input.float())[..., None]
+
+
+def last_layer_weight_grad(layer: torch.nn.Module, grad_output: torch.Tensor, layer_input: torch.Tensor) -> torch.Tensor:
+    """∂L/∂W of the student's last layer θ_L from its input and ∂L/∂(its output): the DiT's bias-free 1×1 `Conv1d`
+    (`conv1x1_weight_grad`) or a UNet's `conv_out` (`Conv2d`, through `torch.nn.grad.conv2d_weight`)."""
+    if isinstance(layer, torch.nn.Conv2d):
+        return torch.nn.grad.conv2d_weight(
+            layer_input.float(), layer.weight.shape, grad_output.float(), layer.stride, layer.padding, layer.dilation, layer.groups
+        )
+    return conv1x1_weight_grad(grad_output, layer_input)
 
 
 def adaptive_dsm_weight(grad_ctm: torch.Tensor, grad_dsm: torch.Tensor, max_weight: float = 1e3) -> torch.Tensor:

@@ -7,9 +7,10 @@ Distillation needs only two things from a teacher, both in EDM form (Karras et a
 - `block_features(z, sigma, encoder_hidden_states)`: the outputs of its blocks at σ, each `(B, positions, channels)`,
   differentiable with respect to z: the feature extractor of d_teacher (Eq. 5).
 
-`SoundCTMTeacher` implements them for a `SoundCTMDiTModel` in teacher mode. A teacher of another architecture (a
-UNet, say) subclasses `DistillationTeacher` the same way; the student must still be a `SoundCTMDiTModel` made from
-a teacher config, so `train.py` would also need that teacher's student class.
+`SoundCTMTeacher` implements them for a `SoundCTMDiTModel` in teacher mode (the 44.1 kHz family), `UNetTeacher` for
+diffusers' `UNet2DConditionModel` (the paper's 16 kHz SoundCTM-UNet teacher: TANGO's UNet on mel-VAE latents with
+FLAN-T5 token states and their attention mask). `make_teacher` picks the adapter and `make_student` the student class
+of the family (the teacher plus the s and ω inputs, from the teacher's weights).
 """
 
 import json
@@ -17,8 +18,12 @@ import os
 from abc import ABC, abstractmethod
 
 import torch
+from diffusers import UNet2DConditionModel
 
-from soundctm import SoundCTMDiTModel, SoundCTMPipeline
+from soundctm import SoundCTMDiTModel, SoundCTMPipeline, SoundCTMUNet2DConditionModel
+from soundctm.pipeline import concat_conditioning
+
+TEACHER_CLASSES = (SoundCTMDiTModel, UNet2DConditionModel)
 
 
 class DistillationTeacher(ABC):
@@ -33,22 +38,29 @@ class DistillationTeacher(ABC):
     max_batch_size: int | None = None
 
     @abstractmethod
-    def denoise(self, z: torch.Tensor, sigma: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        """D_φ(z; σ, c) for z `(B, C, T)`, σ `(B,)`, c `(B, tokens, D)`; float32 `(B, C, T)`."""
+    def denoise(self, z: torch.Tensor, sigma: torch.Tensor, encoder_hidden_states: torch.Tensor, encoder_attention_mask=None) -> torch.Tensor:
+        """D_φ(z; σ, c) for z `(B, C, ...)` (a DiT's `(B, C, T)`, a UNet's `(B, C, T, F)`), σ `(B,)`, c
+        `(B, tokens, D)` with its `(B, tokens)` mask (None: every token); float32, shaped as z."""
 
     @abstractmethod
     def block_features(
-        self, z: torch.Tensor, sigma: torch.Tensor, encoder_hidden_states: torch.Tensor
+        self, z: torch.Tensor, sigma: torch.Tensor, encoder_hidden_states: torch.Tensor, encoder_attention_mask=None
     ) -> list[torch.Tensor]:
         """The teacher's block outputs at σ, in order, each `(B, positions, channels)`; differentiable in z."""
 
     @torch.no_grad()
-    def guided_denoise(self, z, sigma, cond, uncond, omega) -> torch.Tensor:
-        """D(∅) + ω·(D(c) − D(∅)) from the batch [z; z] with embeddings [cond; uncond]: one call, or chunks of at
-        most `max_batch_size` rows."""
-        z, sigma, embeds = torch.cat([z, z]), torch.cat([sigma, sigma]), torch.cat([cond, uncond])
+    def guided_denoise(self, z, sigma, cond, uncond, omega, cond_mask=None, uncond_mask=None) -> torch.Tensor:
+        """D(∅) + ω·(D(c) − D(∅)) from the batch [z; z] with embeddings [cond; uncond] (token sequences of different
+        lengths padded under the mask): one call, or chunks of at most `max_batch_size` rows."""
+        embeds, mask = concat_conditioning((cond, cond_mask), (uncond, uncond_mask))
+        z, sigma = torch.cat([z, z]), torch.cat([sigma, sigma])
         step = self.max_batch_size or len(z)
-        denoised = torch.cat([self.denoise(z[i : i + step], sigma[i : i + step], embeds[i : i + step]) for i in range(0, len(z), step)])
+        denoised = torch.cat(
+            [
+                self.denoise(z[i : i + step], sigma[i : i + step], embeds[i : i + step], None if mask is None else mask[i : i + step])
+                for i in range(0, len(z), step)
+            ]
+        )
         d_cond, d_uncond = denoised.chunk(2)
         omega = omega.reshape(-1, *([1] * (z.ndim - 1))).to(d_cond.dtype)
         return d_uncond + omega * (d_cond - d_uncond)
@@ -71,22 +83,101 @@ class SoundCTMTeacher(DistillationTeacher):
         self.sigma_data = float(scheduler.config.sigma_data)
         self.max_batch_size = max_batch_size
 
-    def _forward(self, z, sigma, encoder_hidden_states, features: bool):
+    def _forward(self, z, sigma, encoder_hidden_states, encoder_attention_mask, features: bool):
         scale = self.scheduler.c_in(sigma).reshape(-1, 1, 1)
         return self.transformer(
             hidden_states=(scale * z).to(self.transformer.dtype),
             timestep=self.scheduler.sigma_to_timestep(sigma),
             encoder_hidden_states=encoder_hidden_states.to(self.transformer.dtype),
+            encoder_attention_mask=encoder_attention_mask,
             output_block_hidden_states=features,
         )
 
-    def denoise(self, z, sigma, encoder_hidden_states):
-        F = self._forward(z, sigma, encoder_hidden_states, features=False).sample.float()
+    def denoise(self, z, sigma, encoder_hidden_states, encoder_attention_mask=None):
+        F = self._forward(z, sigma, encoder_hidden_states, encoder_attention_mask, features=False).sample.float()
         sigma = sigma.reshape(-1, 1, 1)
         return self.scheduler.c_skip(sigma) * z.float() + self.scheduler.c_out(sigma) * F
 
-    def block_features(self, z, sigma, encoder_hidden_states):
-        return list(self._forward(z, sigma, encoder_hidden_states, features=True).block_hidden_states)
+    def block_features(self, z, sigma, encoder_hidden_states, encoder_attention_mask=None):
+        return list(self._forward(z, sigma, encoder_hidden_states, encoder_attention_mask, features=True).block_hidden_states)
+
+
+class UNetTeacher(DistillationTeacher):
+    """
+    A diffusers `UNet2DConditionModel` EDM teacher (the 16 kHz SoundCTM-UNet's): D = c_skip(σ)·z + c_out(σ)·F(c_in(σ)·z,
+    c_noise(σ), c, mask), and d_teacher features = the output of every down block, the mid block and every up block
+    (the authors' `get_feature_full`, `unet_mode full`), each `(B, C, H, W)` map read as `(B, H·W, C)`, from one
+    forward. d_teacher then normalises each position over channels and sums the squared differences over channels
+    (Eq. 5, as for the DiT); the authors' code averages over channels instead, a constant factor per block.
+    """
+
+    def __init__(self, unet: UNet2DConditionModel, scheduler, max_batch_size: int | None = None):
+        if not isinstance(unet, UNet2DConditionModel) or unet.config.get("is_student", False):
+            raise ValueError(f"the teacher must be a diffusers UNet2DConditionModel (not a student), got {type(unet).__name__}")
+        if max_batch_size is not None and max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
+        self.unet = unet
+        self.scheduler = scheduler
+        self.sigma_data = float(scheduler.config.sigma_data)
+        self.max_batch_size = max_batch_size
+
+    def _forward(self, z, sigma, encoder_hidden_states, encoder_attention_mask):
+        scale = self.scheduler.c_in(sigma).reshape(-1, *([1] * (z.ndim - 1)))
+        return self.unet(
+            (scale * z).to(self.unet.dtype),
+            self.scheduler.sigma_to_timestep(sigma),
+            encoder_hidden_states.to(self.unet.dtype),
+            encoder_attention_mask=encoder_attention_mask,
+        ).sample
+
+    def denoise(self, z, sigma, encoder_hidden_states, encoder_attention_mask=None):
+        F = self._forward(z, sigma, encoder_hidden_states, encoder_attention_mask).float()
+        sigma = sigma.reshape(-1, *([1] * (z.ndim - 1)))
+        return self.scheduler.c_skip(sigma) * z.float() + self.scheduler.c_out(sigma) * F
+
+    def block_features(self, z, sigma, encoder_hidden_states, encoder_attention_mask=None):
+        maps = []
+
+        def keep(module, inputs, output):
+            maps.append(output[0] if isinstance(output, tuple) else output)  # a down block returns (hidden, residuals)
+
+        blocks = [*self.unet.down_blocks, self.unet.mid_block, *self.unet.up_blocks]
+        handles = [block.register_forward_hook(keep) for block in blocks if block is not None]
+        try:
+            self._forward(z, sigma, encoder_hidden_states, encoder_attention_mask)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [m.flatten(2).transpose(1, 2) for m in maps]
+
+
+def make_teacher(transformer, scheduler, max_batch_size: int | None = None) -> DistillationTeacher:
+    """The adapter of the teacher's family: `SoundCTMTeacher` for a DiT, `UNetTeacher` for a UNet2DConditionModel."""
+    if isinstance(transformer, SoundCTMDiTModel):
+        return SoundCTMTeacher(transformer, scheduler, max_batch_size)
+    return UNetTeacher(transformer, scheduler, max_batch_size)
+
+
+def make_student(teacher_transformer, sample_size: int, seed: int = 0):
+    """
+    The student θ of the teacher's family, from the teacher's weights in fp32, generating `sample_size` latent
+    frames: a `SoundCTMDiTModel(is_student=True)` (the s and ω inputs add no parameters) or a
+    `SoundCTMUNet2DConditionModel` (the UNet plus `s_time_embedding`, its one new module, default-initialised from
+    torch's RNG seeded with `seed`, so that a run, and a resumed one, starts from the same student).
+    """
+    if isinstance(teacher_transformer, SoundCTMDiTModel):
+        student = SoundCTMDiTModel.from_config(teacher_transformer.config, is_student=True, sample_size=sample_size)
+        student.load_state_dict({k: v.float() for k, v in teacher_transformer.state_dict().items()})
+        return student
+    bins = list(teacher_transformer.config.sample_size)[1:]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return SoundCTMUNet2DConditionModel.from_teacher(teacher_transformer, sample_size=[sample_size, *bins]).float()
+
+
+def student_last_layer(student) -> torch.nn.Module:
+    """θ_L of λ_DSM (Appendix D): the layer that outputs F."""
+    return student.postprocess_conv if isinstance(student, SoundCTMDiTModel) else student.conv_out
 
 
 def load_teacher_pipeline(name_or_path: str, revision: str | None = None, cache_dir: str | None = None) -> SoundCTMPipeline:
@@ -111,9 +202,12 @@ def load_teacher_pipeline(name_or_path: str, revision: str | None = None, cache_
         pipe = SoundCTMPipeline.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{where} could not be loaded as a SoundCTMPipeline: {error}") from error
-    if not isinstance(pipe.transformer, SoundCTMDiTModel):
-        raise ValueError(f"{where}: the transformer is a {type(pipe.transformer).__name__}, not a SoundCTMDiTModel")
-    if pipe.transformer.config.is_student:
+    if not isinstance(pipe.transformer, TEACHER_CLASSES):
+        raise ValueError(
+            f"{where}: the transformer is a {type(pipe.transformer).__name__}; the supported teacher families are "
+            "SoundCTMDiTModel (44.1 kHz SoundCTM-DiT) and diffusers' UNet2DConditionModel (16 kHz SoundCTM-UNet)"
+        )
+    if pipe.transformer.config.get("is_student", False):
         raise ValueError(
             f"{where} is a SoundCTM student (transformer.config.is_student=True); distillation needs its teacher"
         )

@@ -52,20 +52,21 @@ from distill.data import AudioCaptionStream, BatchPrefetcher, open_audio_caption
 from distill.latent_cache import PosteriorCache  # noqa: E402
 from distill.losses import (  # noqa: E402
     adaptive_dsm_weight,
-    conv1x1_weight_grad,
+    append_dims,
     ctm_jump,
     d_teacher,
     drop_captions,
     dsm_loss,
     heun_solve_cfg,
     l2_distance,
+    last_layer_weight_grad,
     sample_ctm_indices,
     sample_dsm_sigmas,
     sample_num_heun_steps,
     sample_omega,
     student_output,
 )
-from distill.teacher import SoundCTMTeacher, load_teacher_pipeline  # noqa: E402
+from distill.teacher import DistillationTeacher, load_teacher_pipeline, make_student, make_teacher, student_last_layer  # noqa: E402
 from soundctm import CTMScheduler, SoundCTMDiTModel, SoundCTMPipeline  # noqa: E402
 
 logger = get_logger(__name__)
@@ -354,19 +355,24 @@ def training_length(args, transformer_config, vae) -> int:
                 f"{hop}) can only produce whole multiples of {hop} samples ({hop / rate:.6f} s)"
             )
         return int(round(samples / hop))
-    return int(args.sample_size or transformer_config.sample_size)
+    size = transformer_config.sample_size  # a DiT's frames, or a UNet's (frames, bins): frames are the time axis
+    return int(args.sample_size or (size[0] if isinstance(size, (list, tuple)) else size))
 
 
 @torch.no_grad()
-def check_vae_length(vae, sample_size: int, in_channels: int, device) -> None:
-    """The VAE must turn sample_size·hop samples into exactly sample_size frames of in_channels channels."""
-    audio = torch.zeros(1, vae.config.audio_channels, sample_size * vae.hop_length, device=device, dtype=vae.dtype)
+def check_vae_length(vae, sample_size: int, transformer_config, device) -> None:
+    """The VAE must turn sample_size·hop samples into exactly the latent the transformer takes: (in_channels,
+    sample_size) for a DiT, (in_channels, sample_size, bins) for a UNet."""
+    channels = getattr(vae.config, "audio_channels", 1)
+    audio = torch.zeros(1, channels, sample_size * vae.hop_length, device=device, dtype=vae.dtype)
     latent = vae.encode(audio).latent_dist.mean
-    if tuple(latent.shape[1:]) != (in_channels, sample_size):
+    size = transformer_config.sample_size
+    expected = (transformer_config.in_channels, sample_size, *(list(size)[1:] if isinstance(size, (list, tuple)) else []))
+    if tuple(latent.shape[1:]) != expected:
         raise ValueError(
             f"the model length of {sample_size} latent frames ({sample_size * vae.hop_length} samples) cannot be "
-            f"produced by the VAE: it encodes them to {tuple(latent.shape[1:])} (channels, frames), the transformer "
-            f"needs ({in_channels}, {sample_size}); choose another --sample_size / --audio_length_in_s"
+            f"produced by the VAE: it encodes them to {tuple(latent.shape[1:])} (channels, frames, ...), the "
+            f"transformer needs {expected}; choose another --sample_size / --audio_length_in_s"
         )
 
 
@@ -402,6 +408,7 @@ class LayerInput:
     """Keeps the input of a module's last forward call (the student's last layer, for λ_DSM)."""
 
     def __init__(self, module: torch.nn.Module):
+        self.module = module
         self.value = None
         self.handle = module.register_forward_hook(self._hook)
 
@@ -413,8 +420,9 @@ class LayerInput:
 class CTMBatch:
     """Everything lines 2-10 of Algorithm 2 produce for one micro-batch (no gradient anywhere)."""
 
-    z0: torch.Tensor  # (B, C, T) standardised latents
-    cond: torch.Tensor  # (B, 1, D) caption embeddings, "" where dropped
+    z0: torch.Tensor  # (B, C, T) or (B, C, T, F) standardised latents
+    cond: torch.Tensor  # (B, tokens, D) caption embeddings, "" where dropped
+    cond_mask: torch.Tensor | None  # (B, tokens) attention mask of per-token embeddings, None for one pooled token
     omega: torch.Tensor  # (B,)
     t: torch.Tensor  # (B,) σ of z_t
     s: torch.Tensor  # (B,) jump target
@@ -432,11 +440,11 @@ def ctm_batch(
     *,
     accelerator: Accelerator,
     target: SoundCTMDiTModel,
-    teacher: SoundCTMTeacher,
+    teacher: DistillationTeacher,
     pipe: SoundCTMPipeline,
     scheduler: CTMScheduler,
     sigmas: torch.Tensor,
-    uncond_embeds: torch.Tensor,
+    uncond_embeds: tuple[torch.Tensor, torch.Tensor | None],
     args,
     shared_generator: torch.Generator,
     generator: torch.Generator,
@@ -465,8 +473,9 @@ def ctm_batch(
     # 4: c_text <- ∅ with probability p_uncond.
     captions = drop_captions(captions, args.p_uncond, generator)
     with timer("text_encode"):
-        cond = pipe.encode_text(captions, device)
-    uncond = uncond_embeds.expand(batch, -1, -1)
+        cond, cond_mask = pipe.encode_text(captions, device, return_mask=True)
+    uncond = uncond_embeds[0].expand(batch, -1, -1)
+    uncond_mask = None if uncond_embeds[1] is None else uncond_embeds[1].expand(batch, -1)
     # 5-8: ε, (t, u, s) on the grid, ω; the DSM noise level σ with its own ε.
     k = sample_num_heun_steps(args.max_heun_steps or num_timesteps - 1, shared_generator)
     n, u, s = (index.to(device) for index in sample_ctm_indices(batch, num_timesteps, k, generator))
@@ -478,25 +487,26 @@ def ctm_batch(
     ).to(device)
     dsm_eps = torch.randn(z0.shape, generator=generator).to(device)
     t_sigma, u_sigma, s_sigma = sigmas[n], sigmas[u], sigmas[s]
-    z_t = z0 + t_sigma[:, None, None] * eps
+    z_t = z0 + append_dims(t_sigma, z0.ndim) * eps
 
     # 9: z_u = Solver(z_t, c, ω, t, u; φ), k Heun steps of the guided teacher.
     with timer("teacher_solve"), accelerator.autocast():
-        z_u = heun_solve_cfg(teacher, z_t, sigmas, n, k, cond, uncond, omega)
+        z_u = heun_solve_cfg(teacher, z_t, sigmas, n, k, cond, uncond, omega, cond_mask, uncond_mask)
     # 10: z_target = G_sg(θ)(z_u, c, ω, u, s).
     with timer("target_jump"), accelerator.autocast():
-        F_target = student_output(target, scheduler, z_u, u_sigma, s_sigma, omega, cond)
+        F_target = student_output(target, scheduler, z_u, u_sigma, s_sigma, omega, cond, cond_mask)
         z_target, _ = ctm_jump(scheduler, F_target, z_u, u_sigma, s_sigma)
     return CTMBatch(
         z0=z0,
         cond=cond,
+        cond_mask=cond_mask,
         omega=omega,
         t=t_sigma,
         s=s_sigma,
         z_t=z_t,
         z_target=z_target,
         dsm_sigma=dsm_sigma,
-        z_dsm=z0 + dsm_sigma[:, None, None] * dsm_eps,
+        z_dsm=z0 + append_dims(dsm_sigma, z0.ndim) * dsm_eps,
         k=k,
     )
 
@@ -507,7 +517,7 @@ def student_backward(
     accelerator: Accelerator,
     student,
     last_layer_input: LayerInput,
-    teacher: SoundCTMTeacher,
+    teacher: DistillationTeacher,
     scheduler: CTMScheduler,
     args,
     timer: PhaseTimer,
@@ -530,6 +540,7 @@ def student_backward(
             torch.cat([batch.s, batch.dsm_sigma]),
             torch.cat([batch.omega, batch.omega]),
             torch.cat([batch.cond, batch.cond]),
+            None if batch.cond_mask is None else torch.cat([batch.cond_mask, batch.cond_mask]),
         )
     last_input = last_layer_input.value
     F_ctm, F_dsm = F.chunk(2)
@@ -546,15 +557,17 @@ def student_backward(
             # Eqs. (5), (7): the teacher's block features at time s, with the (possibly dropped) caption.
             with accelerator.autocast():
                 with torch.no_grad():
-                    features_target = teacher.block_features(batch.z_target, batch.s, batch.cond)
-                features_est = teacher.block_features(z_est, batch.s, batch.cond)
+                    features_target = teacher.block_features(batch.z_target, batch.s, batch.cond, batch.cond_mask)
+                features_est = teacher.block_features(z_est, batch.s, batch.cond, batch.cond_mask)
             loss_ctm = d_teacher(features_est, features_target).mean()
         else:
             loss_ctm = l2_distance(z_est, batch.z_target).mean()
         grad_ctm = torch.autograd.grad(loss_ctm * loss_scale, F)[0].float() / loss_scale
     with timer("dsm"):
         lambda_dsm = adaptive_dsm_weight(
-            conv1x1_weight_grad(grad_ctm, last_input), conv1x1_weight_grad(grad_dsm, last_input), args.max_dsm_weight
+            last_layer_weight_grad(last_layer_input.module, grad_ctm, last_input),
+            last_layer_weight_grad(last_layer_input.module, grad_dsm, last_input),
+            args.max_dsm_weight,
         )
         weight = args.dsm_weight_scale * lambda_dsm
     loss = loss_ctm.detach() + weight * loss_dsm.detach()
@@ -713,13 +726,6 @@ def exported_student(target: SoundCTMDiTModel, export_ema: EMAModel | None) -> S
     return model
 
 
-def make_student(teacher_transformer: SoundCTMDiTModel, sample_size: int) -> SoundCTMDiTModel:
-    """The student θ: the teacher's config with the s and ω inputs (no new parameters), the teacher's weights (fp32)."""
-    student = SoundCTMDiTModel.from_config(teacher_transformer.config, is_student=True, sample_size=sample_size)
-    student.load_state_dict({k: v.float() for k, v in teacher_transformer.state_dict().items()})
-    return student
-
-
 # ================================================================================================ data
 def open_stream(args, accelerator: Accelerator, sampling_rate: int, num_samples: int, seed: int) -> AudioCaptionStream:
     """This process's part of the dataset as a stream of mono clips of `num_samples` at `sampling_rate`."""
@@ -761,7 +767,8 @@ def compute_latent_stats(accelerator, args, pipe, num_samples) -> tuple[list[flo
     while done < per_process:
         audio, _ = stream.next_batch(min(args.train_batch_size, per_process - done))
         z = vae.encode(audio.to(device, vae.dtype)).latent_dist.mean.double()
-        sums += torch.stack([torch.full_like(z[0, :, 0], z.shape[0] * z.shape[2]), z.sum((0, 2)), (z * z).sum((0, 2))])
+        dims = (0, *range(2, z.ndim))  # every axis but the channels: (B, C, T) or a mel VAE's (B, C, T, F)
+        sums += torch.stack([torch.full_like(z[0, :].flatten(1)[:, 0], z.numel() // z.shape[1]), z.sum(dims), (z * z).sum(dims)])
         done += audio.shape[0]
     count, total, total_sq = accelerator.reduce(sums, reduction="sum")
     mean = total / count
@@ -817,7 +824,7 @@ def main(args: argparse.Namespace) -> str:
         sigma_data=teacher_config.sigma_data,
         rho=teacher_config.rho,
     )
-    teacher = SoundCTMTeacher(pipe.transformer, scheduler, max_batch_size=args.teacher_batch_size)
+    teacher = make_teacher(pipe.transformer, scheduler, max_batch_size=args.teacher_batch_size)
     if abs(pipe.vae.config.scaling_factor - scheduler.config.sigma_data) > 1e-6:
         logger.warning(
             f"the VAE's scaling_factor ({pipe.vae.config.scaling_factor}) differs from the teacher's sigma_data "
@@ -826,11 +833,11 @@ def main(args: argparse.Namespace) -> str:
 
     # 2. The model length, checked against the VAE.
     sample_size = training_length(args, pipe.transformer.config, pipe.vae)
-    check_vae_length(pipe.vae, sample_size, pipe.transformer.config.in_channels, device)
+    check_vae_length(pipe.vae, sample_size, pipe.transformer.config, device)
     num_samples = sample_size * pipe.vae.hop_length
 
     # 3. The student θ (the teacher plus s and ω inputs, from the teacher's weights) and its EMA target sg(θ).
-    student = make_student(pipe.transformer, sample_size).to(device).train()
+    student = make_student(pipe.transformer, sample_size, seed=args.seed).to(device).train()
     if args.gradient_checkpointing:
         student.enable_gradient_checkpointing()
         pipe.transformer.enable_gradient_checkpointing()
@@ -838,10 +845,10 @@ def main(args: argparse.Namespace) -> str:
     export_ema = None
     if args.use_ema:
         export_ema = EMAModel(
-            student.parameters(), decay=args.export_ema_decay, model_cls=SoundCTMDiTModel, model_config=student.config
+            student.parameters(), decay=args.export_ema_decay, model_cls=type(student), model_config=student.config
         )
         export_ema.to(device)
-    last_layer_input = LayerInput(student.postprocess_conv)  # θ_L of λ_DSM: the layer that outputs F
+    last_layer_input = LayerInput(student_last_layer(student))  # θ_L of λ_DSM: the layer that outputs F
 
     # 4. Data: this process's part of the stream.
     stream = open_stream(args, accelerator, pipe.vae.config.sampling_rate, num_samples, seed=args.seed)
@@ -887,10 +894,10 @@ def main(args: argparse.Namespace) -> str:
                 export_ema.save_pretrained(os.path.join(output_dir, "transformer_ema"))
 
     def load_model_hook(models, input_dir):
-        loaded = SoundCTMDiTModel.from_pretrained(os.path.join(input_dir, "transformer_target"))
+        loaded = type(target).from_pretrained(os.path.join(input_dir, "transformer_target"))
         target.load_state_dict(loaded.state_dict())
         if export_ema is not None:
-            loaded = EMAModel.from_pretrained(os.path.join(input_dir, "transformer_ema"), SoundCTMDiTModel)
+            loaded = EMAModel.from_pretrained(os.path.join(input_dir, "transformer_ema"), type(target))
             export_ema.load_state_dict(loaded.state_dict())
             export_ema.to(device)
 
@@ -898,7 +905,7 @@ def main(args: argparse.Namespace) -> str:
     accelerator.register_load_state_pre_hook(load_model_hook)
 
     sigmas = torch.from_numpy(scheduler.karras_sigmas(args.num_timesteps)).float().to(device)
-    uncond_embeds = pipe.encode_text([""], device)
+    uncond_embeds = pipe.encode_text([""], device, return_mask=True)
     shared_generator = torch.Generator().manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed + 1000 * (1 + accelerator.process_index))
 

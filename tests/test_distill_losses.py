@@ -303,7 +303,7 @@ def test_student_update_has_the_gradients_of_eq9(teacher_pipe, teacher, schedule
         pipe=teacher_pipe,
         scheduler=scheduler,
         sigmas=torch.from_numpy(scheduler.karras_sigmas(10)).float(),
-        uncond_embeds=embeds(teacher_pipe, [""]),
+        uncond_embeds=(embeds(teacher_pipe, [""]), None),
         args=args,
         shared_generator=gen(18),
         generator=gen(19),
