@@ -149,11 +149,19 @@ def read_audio(value, base_dir: str | None = None) -> tuple[np.ndarray, int]:
 
 
 def prepare_waveform(
-    audio: np.ndarray, rate: int, target_rate: int, num_samples: int, rng: np.random.Generator, random_crop: bool = True
+    audio: np.ndarray,
+    rate: int,
+    target_rate: int,
+    num_samples: int,
+    rng: np.random.Generator,
+    random_crop: bool = True,
+    peak_normalize: float | None = None,
 ) -> np.ndarray:
     """
     (frames, channels) at `rate` -> mono float32 `(num_samples,)` at `target_rate`: channels averaged, a window cut
     (random when `random_crop`, else the start) and resampled with soxr, zero-padded at the end if the clip is short.
+    With `peak_normalize`, the window's mean is removed and it is scaled to that peak (TANGO's and AudioLDM's
+    `normalize_wav`, 0.5 for their mel VAE; a silent window stays silent).
     """
     if audio.ndim != 2 or audio.shape[0] == 0:
         raise ValueError(f"empty or malformed audio of shape {audio.shape}")
@@ -171,6 +179,9 @@ def prepare_waveform(
         mono = np.pad(mono, (0, num_samples - mono.shape[0]))
     if not np.isfinite(mono).all():
         raise ValueError("the audio contains NaN or infinite samples")
+    if peak_normalize is not None:
+        mono = mono - mono.mean()
+        mono = (peak_normalize * mono / (np.abs(mono).max() + 1e-8)).astype(np.float32)
     return mono
 
 
@@ -204,6 +215,8 @@ class AudioCaptionStream:
         shuffle_buffer_size (`int`): block size of the shuffle (1 keeps the stream's order).
         base_dir (`str`, *optional*): folder for relative audio paths.
         random_crop (`bool`): random window of long clips (else their start).
+        peak_normalize (`float`, *optional*): scale every window to this peak after removing its mean (see
+            `prepare_waveform`).
     """
 
     def __init__(
@@ -218,6 +231,7 @@ class AudioCaptionStream:
         shuffle_buffer_size: int = 1000,
         base_dir: str | None = None,
         random_crop: bool = True,
+        peak_normalize: float | None = None,
     ):
         if shuffle_buffer_size < 1:
             raise ValueError(f"shuffle_buffer_size must be >= 1, got {shuffle_buffer_size}")
@@ -226,7 +240,7 @@ class AudioCaptionStream:
         self.sampling_rate, self.num_samples = int(sampling_rate), int(num_samples)
         self.seed, self.rank = int(seed), int(rank)
         self.shuffle_buffer_size = int(shuffle_buffer_size)
-        self.base_dir, self.random_crop = base_dir, random_crop
+        self.base_dir, self.random_crop, self.peak_normalize = base_dir, random_crop, peak_normalize
         self.epoch = 0
         self.skipped = 0  # records that failed to decode, over the whole run
         self._block_index = 0
@@ -320,7 +334,7 @@ class AudioCaptionStream:
 
     def _decode(self, record: dict, rng: np.random.Generator) -> AudioExample:
         audio, rate = read_audio(record[self.audio_column], self.base_dir)
-        waveform = prepare_waveform(audio, rate, self.sampling_rate, self.num_samples, rng, self.random_crop)
+        waveform = prepare_waveform(audio, rate, self.sampling_rate, self.num_samples, rng, self.random_crop, self.peak_normalize)
         return AudioExample(waveform, pick_caption(record[self.caption_column], rng))
 
     def check(self) -> None:

@@ -37,6 +37,13 @@ class DistillationTeacher(ABC):
     sigma_data: float
     max_batch_size: int | None = None
 
+    def __init__(self, scheduler, max_batch_size: int | None = None):
+        if max_batch_size is not None and max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
+        self.scheduler = scheduler
+        self.sigma_data = float(scheduler.config.sigma_data)
+        self.max_batch_size = max_batch_size
+
     @abstractmethod
     def denoise(self, z: torch.Tensor, sigma: torch.Tensor, encoder_hidden_states: torch.Tensor, encoder_attention_mask=None) -> torch.Tensor:
         """D_φ(z; σ, c) for z `(B, C, ...)` (a DiT's `(B, C, T)`, a UNet's `(B, C, T, F)`), σ `(B,)`, c
@@ -76,12 +83,8 @@ class SoundCTMTeacher(DistillationTeacher):
     def __init__(self, transformer: SoundCTMDiTModel, scheduler, max_batch_size: int | None = None):
         if transformer.config.is_student:
             raise ValueError("the teacher transformer must be in teacher mode (is_student=False)")
-        if max_batch_size is not None and max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
+        super().__init__(scheduler, max_batch_size)
         self.transformer = transformer
-        self.scheduler = scheduler
-        self.sigma_data = float(scheduler.config.sigma_data)
-        self.max_batch_size = max_batch_size
 
     def _forward(self, z, sigma, encoder_hidden_states, encoder_attention_mask, features: bool):
         scale = self.scheduler.c_in(sigma).reshape(-1, 1, 1)
@@ -114,12 +117,8 @@ class UNetTeacher(DistillationTeacher):
     def __init__(self, unet: UNet2DConditionModel, scheduler, max_batch_size: int | None = None):
         if not isinstance(unet, UNet2DConditionModel) or unet.config.get("is_student", False):
             raise ValueError(f"the teacher must be a diffusers UNet2DConditionModel (not a student), got {type(unet).__name__}")
-        if max_batch_size is not None and max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
+        super().__init__(scheduler, max_batch_size)
         self.unet = unet
-        self.scheduler = scheduler
-        self.sigma_data = float(scheduler.config.sigma_data)
-        self.max_batch_size = max_batch_size
 
     def _forward(self, z, sigma, encoder_hidden_states, encoder_attention_mask):
         scale = self.scheduler.c_in(sigma).reshape(-1, *([1] * (z.ndim - 1)))

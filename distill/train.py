@@ -119,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Cut a random window of clips longer than the model (else their start).",
     )
     parser.add_argument(
+        "--peak_normalize",
+        type=float,
+        default=None,
+        help="Remove each training window's mean and scale it to this peak, as TANGO/AudioLDM prepare clips for "
+        "their mel VAE (0.5 in the 16 kHz config); default: the clips as read.",
+    )
+    parser.add_argument(
         "--sample_size",
         type=int,
         default=None,
@@ -300,6 +307,7 @@ def check_args(args: argparse.Namespace) -> None:
         "dsm_p_std": args.dsm_p_std > 0.0,
         "learning_rate": args.learning_rate > 0.0,
         "max_grad_norm": args.max_grad_norm > 0.0,
+        "peak_normalize": args.peak_normalize is None or 0.0 < args.peak_normalize <= 1.0,
     }
     allowed = {
         "p_uncond": "[0, 1]",
@@ -311,6 +319,7 @@ def check_args(args: argparse.Namespace) -> None:
         "dsm_p_std": "> 0",
         "learning_rate": "> 0",
         "max_grad_norm": "> 0",
+        "peak_normalize": "(0, 1]",
     }
     for name, ok in checks.items():
         if not ok:
@@ -751,6 +760,7 @@ def open_stream(args, accelerator: Accelerator, sampling_rate: int, num_samples:
         shuffle_buffer_size=args.shuffle_buffer_size,
         base_dir=base_dir,
         random_crop=args.random_crop,
+        peak_normalize=args.peak_normalize,
     )
 
 

@@ -80,6 +80,17 @@ def test_waveform_is_mono_resampled_with_a_real_resampler_and_cut_to_length():
     assert abs(np.argmax(spectrum) * RATE / 8000 - 440) < 6
 
 
+def test_peak_normalize_removes_the_mean_and_scales_to_the_peak_as_tango():
+    rng = np.random.default_rng(0)
+    clip = (0.1 + 0.05 * rng.standard_normal((400, 2))).astype(np.float32)
+    out = prepare_waveform(clip, RATE, RATE, 400, rng, random_crop=False, peak_normalize=0.5)
+    mono = clip.mean(axis=1) - clip.mean()
+    np.testing.assert_allclose(out, 0.5 * mono / (np.abs(mono).max() + 1e-8), rtol=1e-5, atol=1e-6)
+    assert abs(np.abs(out).max() - 0.5) < 1e-6 and abs(out.mean()) < 1e-6
+    silent = prepare_waveform(np.zeros((400, 1), np.float32), RATE, RATE, 400, rng, peak_normalize=0.5)
+    assert np.all(silent == 0)
+
+
 def test_short_clips_are_zero_padded_and_long_clips_cropped_at_random():
     short = np.ones((50, 1), np.float32)
     padded = prepare_waveform(short, RATE, RATE, 128, np.random.default_rng(0))
