@@ -185,6 +185,52 @@ def prepare_waveform(
     return mono
 
 
+def a_weighted_gain_db(sound: np.ndarray, rate: int, min_db: float = -80.0) -> float:
+    """The loudest frame's A-weighted power in dB (Hann frames of ≈ 0.128 s, half overlapping): the gain that TANGO's
+    mixing augmentation (after Tokozume et al.'s between-class learning) matches two clips by."""
+    n_fft = 2 ** int(round(np.log2(rate * 0.128)))  # 2048 at 16 kHz, as TANGO
+    if len(sound) < n_fft:
+        sound = np.pad(sound, (0, n_fft - len(sound)))
+    freq = np.linspace(0, rate // 2, n_fft // 2 + 1)
+    freq_sq = np.maximum(freq**2, 1.0)
+    weight_db = 2.0 + 20.0 * (
+        2 * np.log10(12194) + 2 * np.log10(freq_sq) - np.log10(freq_sq + 12194**2) - np.log10(freq_sq + 20.6**2)
+        - 0.5 * np.log10(freq_sq + 107.7**2) - 0.5 * np.log10(freq_sq + 737.9**2)
+    )  # fmt: skip
+    weight = np.power(10.0, np.maximum(weight_db, min_db) / 10)
+    window = np.hanning(n_fft + 1)[:-1]
+    frames = np.lib.stride_tricks.sliding_window_view(sound.astype(np.float64), n_fft)[:: n_fft // 2]
+    power = (np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2 * weight).sum(axis=-1)
+    return float(10 * np.log10(np.maximum(power, 10 ** (min_db / 10))).max())
+
+
+def mix_clips(sound1: np.ndarray, sound2: np.ndarray, rate: int, ratio: float = 0.5) -> np.ndarray:
+    """Two clips mixed so that `ratio` is the first one's share of the perceived loudness (TANGO's `mix`)."""
+    gain1, gain2 = a_weighted_gain_db(sound1, rate), a_weighted_gain_db(sound2, rate)
+    t = 1.0 / (1 + np.power(10, (gain1 - gain2) / 20.0) * (1 - ratio) / ratio)
+    return ((sound1 * t + sound2 * (1 - t)) / np.sqrt(t**2 + (1 - t) ** 2)).astype(np.float32)
+
+
+def mix_augment(audio: torch.Tensor, captions: list[str], num: int, rate: int, generator: torch.Generator, peak: float | None = None):
+    """
+    TANGO's data augmentation: `num` more clips for the batch, each two different clips of it mixed at equal
+    loudness (`mix_clips`) and captioned "<first> and <second, uncapitalised>". The pairs are drawn with `generator`
+    (so a resumed run draws the same ones). The mixes are scaled together to `peak` (TANGO: 0.5), or to the batch's
+    own peak. Returns `(audio (B + num', 1, samples), captions)`, num' = min(num, pairs available).
+    """
+    batch = audio.shape[0]
+    pairs = [(i, j) for i in range(batch) for j in range(i + 1, batch)]
+    if num <= 0 or not pairs:
+        return audio, captions
+    order = torch.randperm(len(pairs), generator=generator)[:num].tolist()
+    clips = audio[:, 0].float().cpu().numpy()
+    mixed = np.stack([mix_clips(clips[pairs[k][0]], clips[pairs[k][1]], rate) for k in order])
+    target = peak if peak is not None else float(np.abs(clips).max())
+    mixed = mixed * (target / (np.abs(mixed).max() + 1e-8))
+    texts = [f"{captions[pairs[k][0]]} and {captions[pairs[k][1]][:1].lower()}{captions[pairs[k][1]][1:]}" for k in order]
+    return torch.cat([audio, torch.from_numpy(mixed)[:, None].to(audio)]), list(captions) + texts
+
+
 def pick_caption(value, rng: np.random.Generator) -> str:
     """A caption column value -> one caption (a list of captions, as in AudioCaps-style datasets, gives a random one)."""
     if isinstance(value, (list, tuple)):

@@ -48,7 +48,7 @@ from accelerate.utils import DistributedType, ProjectConfiguration  # noqa: E402
 from diffusers.optimization import get_scheduler  # noqa: E402
 from diffusers.training_utils import EMAModel  # noqa: E402
 
-from distill.data import AudioCaptionStream, BatchPrefetcher, open_audio_caption_dataset  # noqa: E402
+from distill.data import AudioCaptionStream, BatchPrefetcher, mix_augment, open_audio_caption_dataset  # noqa: E402
 from distill.latent_cache import PosteriorCache  # noqa: E402
 from distill.losses import (  # noqa: E402
     adaptive_dsm_weight,
@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="Cut a random window of clips longer than the model (else their start).",
+    )
+    parser.add_argument(
+        "--mix_augment",
+        type=int,
+        default=0,
+        help="TANGO's data augmentation: this many extra clips per batch, each two clips of the batch mixed at equal "
+        "A-weighted loudness and captioned '<first> and <second>' (2 in the 16 kHz config; 0 = off).",
     )
     parser.add_argument(
         "--peak_normalize",
@@ -337,6 +344,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.dataloader_prefetch < 0:
         raise ValueError(f"--dataloader_prefetch must be >= 0, got {args.dataloader_prefetch}")
+    if args.mix_augment < 0:
+        raise ValueError(f"--mix_augment must be >= 0, got {args.mix_augment}")
     if args.max_train_minutes is not None and not args.max_train_minutes > 0:
         raise ValueError(f"--max_train_minutes must be > 0 (or unset), got {args.max_train_minutes}")
     if args.teacher_batch_size is not None and args.teacher_batch_size < 1:
@@ -958,6 +967,10 @@ def main(args: argparse.Namespace) -> str:
             with accelerator.accumulate(student):
                 with timer("data"):
                     audio, captions = batches.next_batch()
+                    if args.mix_augment:
+                        audio, captions = mix_augment(
+                            audio, captions, args.mix_augment, pipe.vae.config.sampling_rate, generator, args.peak_normalize
+                        )
                 batch = ctm_batch(
                     audio,
                     captions,

@@ -91,6 +91,28 @@ def test_peak_normalize_removes_the_mean_and_scales_to_the_peak_as_tango():
     assert np.all(silent == 0)
 
 
+def test_mix_augment_adds_equal_loudness_mixes_of_two_clips_of_the_batch_with_joined_captions():
+    import torch
+
+    from distill.data import mix_augment, mix_clips
+
+    t = np.arange(4096) / 16000
+    low, high = 0.5 * np.sin(2 * np.pi * 500 * t), 0.05 * np.sin(2 * np.pi * 2000 * t)
+    mixed = mix_clips(low, high, 16000)
+    spectrum = np.abs(np.fft.rfft(mixed))
+    level = lambda f: spectrum[int(round(f * len(t) / 16000))]  # noqa: E731
+    assert 0.5 < level(500) / level(2000) < 2  # the quiet clip is brought up to the loud one's loudness (±3 dB)
+    audio = torch.from_numpy(np.stack([low, high, 0.2 * low])[:, None].astype(np.float32))
+    captions = ["A dog barks", "Rain falls", "Wind"]
+    out, texts = mix_augment(audio, captions, 2, 16000, torch.Generator().manual_seed(0), peak=0.5)
+    assert out.shape == (5, 1, 4096) and torch.equal(out[:3], audio)
+    assert abs(float(out[3:].abs().max()) - 0.5) < 1e-6
+    assert all(" and " in c and c.split(" and ")[1][0].islower() for c in texts[3:]) and texts[:3] == captions
+    again, texts_again = mix_augment(audio, captions, 2, 16000, torch.Generator().manual_seed(0), peak=0.5)
+    assert torch.equal(again, out) and texts_again == texts
+    assert mix_augment(audio[:1], captions[:1], 2, 16000, torch.Generator())[0].shape[0] == 1  # no pair to mix
+
+
 def test_short_clips_are_zero_padded_and_long_clips_cropped_at_random():
     short = np.ones((50, 1), np.float32)
     padded = prepare_waveform(short, RATE, RATE, 128, np.random.default_rng(0))

@@ -107,7 +107,7 @@ def workdir(tmp_path_factory):
 
 
 def test_a_unet_teacher_distils_resumes_bit_exactly_and_exports_a_16khz_student(workdir):
-    common = (*audio_folder_or_manifest(workdir), "--train_batch_size", "2", "--max_heun_steps", "3", "--omega_min", "2", "--peak_normalize", "0.5",
+    common = (*audio_folder_or_manifest(workdir), "--train_batch_size", "2", "--max_heun_steps", "3", "--omega_min", "2", "--peak_normalize", "0.5", "--mix_augment", "1",
               "--omega_max", "5", "--shuffle_buffer_size", "1", "--checkpointing_steps", "2", "--no-random_crop")  # fmt: skip
     launch(workdir, workdir / "full", *common, "--max_train_steps", "4")
     launch(workdir, workdir / "part", *common, "--max_train_steps", "2")
