@@ -126,3 +126,11 @@ def test_a_unet_teacher_distils_resumes_bit_exactly_and_exports_a_16khz_student(
     audio = pipe("a dog barks", num_inference_steps=2, generator=gen(0)).audios
     assert audio.shape == (1, 1, pipe.latent_frames * pipe.vae.hop_length) and torch.isfinite(torch.from_numpy(audio)).all()
     assert os.path.isfile(workdir / "full" / "transformer" / "unet_soundctm.py")
+
+
+def test_a_unet_student_given_as_the_teacher_is_refused_by_name(tmp_path):
+    from distill.teacher import load_teacher_pipeline
+
+    tiny_unet16k_pipeline(student=True).save_pretrained(str(tmp_path / "student"))
+    with pytest.raises(ValueError, match="pretrained_teacher_model.*is a SoundCTM student"):
+        load_teacher_pipeline(str(tmp_path / "student"))
