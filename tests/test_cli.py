@@ -73,3 +73,15 @@ def test_quiet_prints_nothing_not_even_the_loading_bars(model_dir, tmp_path):
                              str(tmp_path / "x.wav"), "-q"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout == "" and "Loading" not in result.stderr and "it/s" not in result.stderr
+
+
+def test_generate_with_a_16khz_unet_student_writes_a_16k_wav(tmp_path):
+    from tiny_models import tiny_unet16k_pipeline
+
+    pipe = tiny_unet16k_pipeline(student=True)
+    pipe.save_pretrained(tmp_path / "unet16k")
+    out = tmp_path / "dog16k.wav"
+    args = ["generate", "a dog barks", "--steps", "2", "--seed", "0", "-o", str(out), "--model", str(tmp_path / "unet16k"), "-q"]
+    assert cli.main(args) == 0
+    audio, rate = sf.read(out)
+    assert rate == 16000 and audio.shape == (pipe.latent_frames * pipe.vae.hop_length,)
