@@ -7,8 +7,9 @@ from .autoencoder_mel_vocoder import AutoencoderMelVocoder
 from .pipeline import SoundCTMPipeline
 from .scheduling_ctm import CTMScheduler
 from .scheduling_edm_heun import EDMHeunScheduler
+from .stable_audio_soundctm import SoundCTMStableAudioDiTModel
 from .transformer_soundctm_dit import SoundCTMDiTModel
 from .unet_soundctm import SoundCTMUNet2DConditionModel
 
-__all__ = ["AutoencoderGaussianDAC", "AutoencoderLogMel", "AutoencoderMelVocoder", "CTMScheduler", "EDMHeunScheduler", "SoundCTMDiTModel", "SoundCTMPipeline", "SoundCTMUNet2DConditionModel"]
+__all__ = ["AutoencoderGaussianDAC", "AutoencoderLogMel", "AutoencoderMelVocoder", "CTMScheduler", "EDMHeunScheduler", "SoundCTMDiTModel", "SoundCTMPipeline", "SoundCTMStableAudioDiTModel", "SoundCTMUNet2DConditionModel"]
 __version__ = "0.1.0"
