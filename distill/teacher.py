@@ -9,21 +9,29 @@ Distillation needs only two things from a teacher, both in EDM form (Karras et a
 
 `SoundCTMTeacher` implements them for a `SoundCTMDiTModel` in teacher mode (the 44.1 kHz family), `UNetTeacher` for
 diffusers' `UNet2DConditionModel` (the paper's 16 kHz SoundCTM-UNet teacher: TANGO's UNet on mel-VAE latents with
-FLAN-T5 token states and their attention mask). `make_teacher` picks the adapter and `make_student` the student class
-of the family (the teacher plus the s and ω inputs, from the teacher's weights).
+FLAN-T5 token states and their attention mask), `StableAudioTeacher` for diffusers' `StableAudioDiTModel` (Stable Audio
+Open: v-prediction with EDM preconditioning, T5 text plus seconds-start/seconds-end conditioning). `make_teacher` picks
+the adapter and `make_student` the student class of the family (the teacher plus the s and ω inputs, from the teacher's
+weights).
 """
 
 import json
+import math
 import os
 from abc import ABC, abstractmethod
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import StableAudioDiTModel, UNet2DConditionModel
+from diffusers.models.embeddings import get_1d_rotary_pos_embed
 
 from soundctm import SoundCTMDiTModel, SoundCTMPipeline, SoundCTMUNet2DConditionModel
 from soundctm.pipeline import concat_conditioning
 
-TEACHER_CLASSES = (SoundCTMDiTModel, UNet2DConditionModel)
+TEACHER_CLASSES = (SoundCTMDiTModel, UNet2DConditionModel, StableAudioDiTModel)
+TEACHER_FAMILIES = (
+    "SoundCTMDiTModel (44.1 kHz SoundCTM-DiT), diffusers' UNet2DConditionModel (16 kHz SoundCTM-UNet) and "
+    "diffusers' StableAudioDiTModel (Stable Audio Open)"
+)
 
 
 class DistillationTeacher(ABC):
@@ -150,11 +158,157 @@ class UNetTeacher(DistillationTeacher):
         return [m.flatten(2).transpose(1, 2) for m in maps]
 
 
+class StableAudioTeacher(DistillationTeacher):
+    """
+    A diffusers `StableAudioDiTModel` teacher (Stable Audio Open), with the preconditioning of its
+    `CosineDPMSolverMultistepScheduler`: v-prediction, D = c_skip(σ)·z + c_out(σ)·F(c_in(σ)·z, c_noise(σ), c) with
+    c_skip = σ_d²/(σ² + σ_d²), c_out = −σ·σ_d/√(σ² + σ_d²) (negative for v-prediction), c_in = 1/√(σ² + σ_d²) and
+    c_noise = atan(σ)·2/π (not `CTMScheduler.sigma_to_timestep`'s ln(σ)/4); σ_d is the `sigma_data` of the scheduler
+    given (1 for Stable Audio Open). Only `scheduler.config.sigma_data` is read from the scheduler.
+
+    Conditioning, in the interface's one `encoder_hidden_states` tensor:
+
+    - `encoder_hidden_states` `(B, L + 2, D)`: `StableAudioPipeline`'s cross-attention sequence, i.e. the projected T5
+      states of the prompt padded to the tokenizer's `model_max_length` (L tokens), then the seconds-start token, then
+      the seconds-end token (`StableAudioProjectionModel`'s outputs; `stable_audio_conditioning` builds it);
+    - the DiT's `global_hidden_states` `(B, 1, 2·D)` is derived from the LAST TWO tokens, `cat([start, end], dim=2)`,
+      whatever the mask says;
+    - `encoder_attention_mask` `(B, L + 2)` (None: all True) is the text mask followed by True, True. Tokens where it
+      is False are ZEROED in the cross-attention sequence and still attended: the pipeline passes no attention mask to
+      the DiT (neither `attention_mask` nor `encoder_attention_mask`) and instead multiplies the padded text states by
+      the tokenizer mask, and for classifier-free guidance without a negative prompt it uses an all-zero
+      cross-attention sequence with the conditional seconds as global states. That null condition is the same
+      `encoder_hidden_states` with an all-False mask (`null_conditioning`).
+
+    Rows of one call must have the same number of tokens (the pipeline pads every prompt to `model_max_length`), so
+    `guided_denoise` refuses conditional and unconditional sequences of different lengths.
+
+    d_teacher features = the output of every block of `transformer_blocks`, `(B, 1 + T, inner_dim)` with the global
+    token first, from one forward (forward hooks).
+    """
+
+    def __init__(
+        self, transformer: StableAudioDiTModel, scheduler, max_batch_size: int | None = None, prediction_type: str = "v_prediction"
+    ):
+        if not isinstance(transformer, StableAudioDiTModel) or transformer.config.get("is_student", False):
+            raise ValueError(
+                f"the teacher must be a diffusers StableAudioDiTModel (not a student), got {type(transformer).__name__}"
+            )
+        if prediction_type not in ("v_prediction", "epsilon"):
+            raise ValueError(f"prediction_type must be 'v_prediction' or 'epsilon', got {prediction_type!r}")
+        super().__init__(scheduler, max_batch_size)
+        self.transformer = transformer
+        self.prediction_type = prediction_type
+        self._rotary = {}
+
+    @staticmethod
+    def edm_settings(scheduler_config) -> dict:
+        """The σ_min, σ_max, σ_data and ρ to build `CTMScheduler` from a Stable Audio scheduler config (a
+        `CosineDPMSolverMultistepScheduler`'s: `sigma_min`, `sigma_max`, `sigma_data`, `rho`; Stable Audio Open's are
+        0.3, 500, 1 and 7, and its sampler uses the exponential σ schedule, for which ρ plays no part)."""
+        defaults = dict(sigma_min=0.3, sigma_max=500.0, sigma_data=1.0, rho=7.0)
+        return {k: float(scheduler_config.get(k, v)) for k, v in defaults.items()}
+
+    @staticmethod
+    def null_conditioning(encoder_hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pipeline's unconditional input without a negative prompt: an all-zero cross-attention sequence and the
+        seconds of `encoder_hidden_states` as global states, i.e. `(encoder_hidden_states, all-False mask)`."""
+        mask = torch.zeros(encoder_hidden_states.shape[:2], dtype=torch.bool, device=encoder_hidden_states.device)
+        return encoder_hidden_states, mask
+
+    def c_noise(self, sigma: torch.Tensor) -> torch.Tensor:
+        return sigma.atan() / math.pi * 2
+
+    def _rotary_embedding(self, length: int, device):
+        key = (length, str(device))
+        if key not in self._rotary:  # as the pipeline: over the global token and the latent frames
+            cos, sin = get_1d_rotary_pos_embed(
+                self.transformer.config.attention_head_dim // 2, length, use_real=True, repeat_interleave_real=False
+            )
+            self._rotary[key] = (cos.to(device), sin.to(device))
+        return self._rotary[key]
+
+    def _forward(self, z, sigma, encoder_hidden_states, encoder_attention_mask):
+        if encoder_hidden_states.shape[1] < 2:
+            raise ValueError("encoder_hidden_states must end with the seconds-start and seconds-end tokens")
+        dtype = self.transformer.dtype
+        sigma = sigma.float().reshape(-1)
+        c_in = 1 / (sigma**2 + self.sigma_data**2) ** 0.5
+        start_end = encoder_hidden_states[:, -2:]
+        global_states = start_end.reshape(start_end.shape[0], 1, -1)  # cat([start, end], dim=2)
+        if encoder_attention_mask is not None:
+            keep = encoder_attention_mask.to(encoder_hidden_states.device).unsqueeze(-1)
+            encoder_hidden_states = encoder_hidden_states * keep.to(encoder_hidden_states.dtype)
+        return self.transformer(
+            (c_in.reshape(-1, *([1] * (z.ndim - 1))) * z.float()).to(dtype),
+            self.c_noise(sigma),
+            encoder_hidden_states=encoder_hidden_states.to(dtype),
+            global_hidden_states=global_states.to(dtype),
+            rotary_embedding=self._rotary_embedding(z.shape[-1] + 1, z.device),
+        ).sample
+
+    def denoise(self, z, sigma, encoder_hidden_states, encoder_attention_mask=None):
+        F = self._forward(z, sigma, encoder_hidden_states, encoder_attention_mask).float()
+        sigma = sigma.float().reshape(-1, *([1] * (z.ndim - 1)))
+        sd = self.sigma_data
+        c_skip = sd**2 / (sigma**2 + sd**2)
+        c_out = sigma * sd / (sigma**2 + sd**2) ** 0.5
+        if self.prediction_type == "v_prediction":
+            c_out = -c_out
+        return c_skip * z.float() + c_out * F
+
+    def block_features(self, z, sigma, encoder_hidden_states, encoder_attention_mask=None):
+        outputs = []
+        blocks = self.transformer.transformer_blocks
+        handles = [block.register_forward_hook(lambda module, inputs, output: outputs.append(output)) for block in blocks]
+        try:
+            self._forward(z, sigma, encoder_hidden_states, encoder_attention_mask)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return outputs
+
+    @torch.no_grad()
+    def guided_denoise(self, z, sigma, cond, uncond, omega, cond_mask=None, uncond_mask=None):
+        if cond.shape[1] != uncond.shape[1]:
+            raise ValueError(
+                f"Stable Audio conditioning must have one length for the conditional and unconditional rows "
+                "(the pipeline pads every prompt to the tokenizer's model_max_length), "
+                f"got {cond.shape[1]} and {uncond.shape[1]}"
+            )
+        return super().guided_denoise(z, sigma, cond, uncond, omega, cond_mask, uncond_mask)
+
+
+@torch.no_grad()
+def stable_audio_conditioning(pipe, prompts: list[str], audio_start_in_s, audio_end_in_s, device=None):
+    """
+    `StableAudioTeacher`'s `(encoder_hidden_states, encoder_attention_mask)` for `prompts`, as a diffusers
+    `StableAudioPipeline` builds its conditional input: the projected T5 states (padded to the tokenizer's
+    `model_max_length`, padding zeroed), then the seconds-start and seconds-end tokens; the mask is the tokenizer's
+    followed by True, True. `audio_start_in_s`/`audio_end_in_s`: a number or one per prompt. The negative-prompt
+    input is this function of the negative prompts; the pipeline's default null input is
+    `StableAudioTeacher.null_conditioning` of the conditional one.
+    """
+    device = device or pipe._execution_device
+    tokenizer = pipe.tokenizer
+    text = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+    embeds = pipe.encode_prompt(prompts, device, False)  # projected, padding zeroed
+    start, end = pipe.encode_duration(audio_start_in_s, audio_end_in_s, device, False, len(prompts))
+    seconds_mask = torch.ones(len(prompts), 2, dtype=torch.bool, device=device)
+    mask = torch.cat([text.attention_mask.to(device).bool(), seconds_mask], dim=1)
+    return torch.cat([embeds, start, end], dim=1), mask
+
+
 def make_teacher(transformer, scheduler, max_batch_size: int | None = None) -> DistillationTeacher:
-    """The adapter of the teacher's family: `SoundCTMTeacher` for a DiT, `UNetTeacher` for a UNet2DConditionModel."""
+    """The adapter of the teacher's family: `SoundCTMTeacher` for a SoundCTM DiT, `UNetTeacher` for a
+    UNet2DConditionModel, `StableAudioTeacher` for a StableAudioDiTModel; `ValueError` naming the families otherwise."""
     if isinstance(transformer, SoundCTMDiTModel):
         return SoundCTMTeacher(transformer, scheduler, max_batch_size)
-    return UNetTeacher(transformer, scheduler, max_batch_size)
+    if isinstance(transformer, StableAudioDiTModel):
+        return StableAudioTeacher(transformer, scheduler, max_batch_size)
+    if isinstance(transformer, UNet2DConditionModel):
+        return UNetTeacher(transformer, scheduler, max_batch_size)
+    raise ValueError(f"the teacher is a {type(transformer).__name__}; the supported teacher families are {TEACHER_FAMILIES}")
 
 
 def make_student(teacher_transformer, sample_size: int, seed: int = 0):
@@ -204,7 +358,7 @@ def load_teacher_pipeline(name_or_path: str, revision: str | None = None, cache_
     if not isinstance(pipe.transformer, TEACHER_CLASSES):
         raise ValueError(
             f"{where}: the transformer is a {type(pipe.transformer).__name__}; the supported teacher families are "
-            "SoundCTMDiTModel (44.1 kHz SoundCTM-DiT) and diffusers' UNet2DConditionModel (16 kHz SoundCTM-UNet)"
+            f"{TEACHER_FAMILIES}"
         )
     if pipe.transformer.config.get("is_student", False):
         raise ValueError(
