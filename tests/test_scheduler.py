@@ -132,7 +132,8 @@ def test_scheduler_config_round_trip(tmp_path):
     sched = CTMScheduler(sigma_min=0.003, sigma_max=50.0, sigma_data=0.25, rho=5.0, gamma=0.2)
     sched.save_pretrained(tmp_path)
     loaded = CTMScheduler.from_pretrained(tmp_path)
-    assert dict(loaded.config) == dict(sched.config)
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731  (diffusers' bookkeeping aside)
+    assert public(loaded.config) == public(sched.config)
     heun = EDMHeunScheduler(sigma_data=0.25)
     heun.save_pretrained(tmp_path / "heun")
     assert EDMHeunScheduler.from_pretrained(tmp_path / "heun").config.sigma_data == 0.25
@@ -204,3 +205,26 @@ def test_heun_scheduler_matches_a_direct_edm_sampler_and_the_ode():
     sched = EDMHeunScheduler()
     sched.set_timesteps(40)
     assert len(sched.timesteps) == 79  # 40 Euler steps, 39 corrections
+
+
+def test_v_prediction_and_atan_conditioning_are_stable_audio_opens_preconditioning():
+    """A Stable Audio Open teacher's ODE through our schedulers: c_in, c_noise and D = c_skip·z + c_out·F as
+    diffusers' own Stable Audio scheduler computes them (v-prediction, c_noise = atan(σ)·2/π, σ_d 1)."""
+    from diffusers import CosineDPMSolverMultistepScheduler
+
+    stable_audio = CosineDPMSolverMultistepScheduler()
+    kw = dict(sigma_min=0.3, sigma_max=500.0, sigma_data=1.0, prediction_type="v_prediction", noise_conditioning="atan")
+    sigma = torch.tensor([0.3, 2.0, 80.0, 500.0])
+    z, F = torch.randn(4, 2, 8, generator=torch.Generator().manual_seed(0)), torch.randn(4, 2, 8, generator=torch.Generator().manual_seed(1))
+    for ours in (CTMScheduler(**kw), EDMHeunScheduler(**{k: v for k, v in kw.items()})):
+        s = sigma[:, None, None]
+        torch.testing.assert_close(ours.sigma_to_timestep(sigma), stable_audio.precondition_noise(sigma))
+        torch.testing.assert_close(ours.c_in(s) * z, stable_audio.precondition_inputs(z, s))
+        torch.testing.assert_close(ours.c_skip(s) * z + ours.c_out(s) * F, stable_audio.precondition_outputs(z, F, s))
+    ctm = CTMScheduler(**kw)
+    ctm.set_timesteps(2)
+    torch.testing.assert_close(ctm.timesteps, stable_audio.precondition_noise(ctm.sigmas[:-1]))
+    with pytest.raises(ValueError, match="noise_conditioning"):
+        CTMScheduler(noise_conditioning="log")
+    with pytest.raises(ValueError, match="prediction_type"):
+        EDMHeunScheduler(prediction_type="sample")

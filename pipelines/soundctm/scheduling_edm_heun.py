@@ -8,7 +8,8 @@ Each of the N steps takes an Euler step t_i → t_{i+1} and, unless t_{i+1} = 0,
 evaluated at t_{i+1}: 2N − 1 network evaluations in all. `timesteps` lists the model time c_noise(t) of
 every evaluation in order, so a pipeline runs the same loop as for the CTM student.
 
-This file only imports torch, numpy and diffusers so that diffusers' dynamic loader can load it.
+This file only imports torch, numpy, diffusers and its sibling `edm_preconditioning.py` so that diffusers' dynamic
+loader can load it.
 """
 
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
+
+from .edm_preconditioning import EDMPreconditioningMixin, check_preconditioning
 
 
 @dataclass
@@ -33,7 +36,7 @@ class EDMHeunSchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
-class EDMHeunScheduler(SchedulerMixin, ConfigMixin):
+class EDMHeunScheduler(EDMPreconditioningMixin, SchedulerMixin, ConfigMixin):
     """
     EDM's deterministic Heun sampler on the Karras grid of N noise levels followed by 0.
 
@@ -41,12 +44,23 @@ class EDMHeunScheduler(SchedulerMixin, ConfigMixin):
         sigma_min (`float`, defaults to 0.002), sigma_max (`float`, defaults to 80.0): ends of the grid.
         sigma_data (`float`, defaults to 0.5): σ_d of the EDM preconditioning.
         rho (`float`, defaults to 7.0): exponent of the Karras grid.
+        prediction_type (`str`, defaults to `"epsilon"`), noise_conditioning (`str`, defaults to `"edm"`): the
+            teacher network's c_out sign and time input, as in `CTMScheduler` (`edm_preconditioning.py`).
     """
 
     order = 2
 
     @register_to_config
-    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5, rho: float = 7.0):
+    def __init__(
+        self,
+        sigma_min: float = 0.002,
+        sigma_max: float = 80.0,
+        sigma_data: float = 0.5,
+        rho: float = 7.0,
+        prediction_type: str = "epsilon",
+        noise_conditioning: str = "edm",
+    ):
+        check_preconditioning(prediction_type, noise_conditioning)
         if not 0.0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
         self.init_noise_sigma = sigma_max
@@ -57,15 +71,6 @@ class EDMHeunScheduler(SchedulerMixin, ConfigMixin):
         self._step_index = None
         self._x_cur = None
         self._d_cur = None
-
-    def c_in(self, sigma):
-        return 1.0 / (sigma**2 + self.config.sigma_data**2) ** 0.5
-
-    def c_skip(self, sigma):
-        return self.config.sigma_data**2 / (sigma**2 + self.config.sigma_data**2)
-
-    def c_out(self, sigma):
-        return sigma * self.config.sigma_data / (sigma**2 + self.config.sigma_data**2) ** 0.5
 
     def karras_sigmas(self, num_points: int, sigma_max: float | None = None) -> np.ndarray:
         """`num_points` noise levels from `sigma_max` down to `sigma_min` (Karras et al. 2022, Eq. 5), float64."""
@@ -111,7 +116,7 @@ class EDMHeunScheduler(SchedulerMixin, ConfigMixin):
         self.init_noise_sigma = float(sigmas[0])
         self.sigmas = torch.from_numpy(sigmas).to(device=device, dtype=torch.float32)
         self._eval_sigmas = torch.from_numpy(eval_sigmas).to(device=device, dtype=torch.float32)
-        self.timesteps = torch.from_numpy(np.log(eval_sigmas) / 4).to(device=device, dtype=torch.float32)
+        self.timesteps = self.sigma_to_timestep(torch.from_numpy(eval_sigmas)).to(device=device, dtype=torch.float32)
         self._step_index = 0
         self._x_cur = self._d_cur = None
 

@@ -11,8 +11,8 @@ probability-flow ODE. Multistep sampling walks the Karras grid t_0 > ... > t_N =
 γ = 0 is deterministic (s_n = t_{n+1}, no noise drawn at all); γ = 1 is consistency-model multistep
 sampling (every jump lands on sigma_min, then re-noises).
 
-This file only imports torch, numpy and diffusers so that diffusers' dynamic loader can load it from a
-pipeline folder or a Hub repo.
+This file only imports torch, numpy, diffusers and its sibling `edm_preconditioning.py` so that diffusers'
+dynamic loader can load it from a pipeline folder or a Hub repo.
 """
 
 import math
@@ -24,6 +24,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
+
+from .edm_preconditioning import EDMPreconditioningMixin, check_preconditioning
 
 
 @dataclass
@@ -40,7 +42,7 @@ class CTMSchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
-class CTMScheduler(SchedulerMixin, ConfigMixin):
+class CTMScheduler(EDMPreconditioningMixin, SchedulerMixin, ConfigMixin):
     """
     Consistency Trajectory Model scheduler with γ-sampling, in the EDM parameterisation used by SoundCTM.
 
@@ -50,6 +52,10 @@ class CTMScheduler(SchedulerMixin, ConfigMixin):
         sigma_data (`float`, defaults to 0.5): standard deviation of the (standardised) data, σ_d.
         rho (`float`, defaults to 7.0): exponent of the Karras grid.
         gamma (`float`, defaults to 0.0): default stochasticity γ ∈ [0, 1] used by `set_timesteps`.
+        prediction_type (`str`, defaults to `"epsilon"`): the sign of c_out, as the teacher's network was trained:
+            `"epsilon"` (EDM's F, SoundCTM's models) or `"v_prediction"` (Stable Audio Open).
+        noise_conditioning (`str`, defaults to `"edm"`): the model's time input c_noise(σ): `"edm"` = ln(σ)/4,
+            `"atan"` = atan(σ)·2/π (Stable Audio Open). See `edm_preconditioning.py`.
     """
 
     order = 1
@@ -62,7 +68,10 @@ class CTMScheduler(SchedulerMixin, ConfigMixin):
         sigma_data: float = 0.5,
         rho: float = 7.0,
         gamma: float = 0.0,
+        prediction_type: str = "epsilon",
+        noise_conditioning: str = "edm",
     ):
+        check_preconditioning(prediction_type, noise_conditioning)
         if not 0.0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
         _check_gamma(gamma)
@@ -75,21 +84,6 @@ class CTMScheduler(SchedulerMixin, ConfigMixin):
         self.target_timesteps = None
         self._step_index = None
         self._begin_index = None
-
-    # EDM preconditioning (Karras et al. 2022, Table 1)
-    def c_in(self, sigma):
-        return 1.0 / (sigma**2 + self.config.sigma_data**2) ** 0.5
-
-    def c_skip(self, sigma):
-        return self.config.sigma_data**2 / (sigma**2 + self.config.sigma_data**2)
-
-    def c_out(self, sigma):
-        return sigma * self.config.sigma_data / (sigma**2 + self.config.sigma_data**2) ** 0.5
-
-    @staticmethod
-    def sigma_to_timestep(sigma):
-        """c_noise(σ) = ln(σ) / 4: the model's time input."""
-        return torch.log(sigma) / 4 if isinstance(sigma, torch.Tensor) else math.log(sigma) / 4
 
     def karras_sigmas(self, num_points: int, sigma_max: float | None = None) -> np.ndarray:
         """`num_points` noise levels from `sigma_max` down to `sigma_min` (Karras et al. 2022, Eq. 5), float64."""
@@ -152,8 +146,8 @@ class CTMScheduler(SchedulerMixin, ConfigMixin):
         self.init_noise_sigma = float(sigmas[0])
         self.sigmas = torch.from_numpy(sigmas).to(device=device, dtype=torch.float32)
         self.target_sigmas = torch.from_numpy(target_sigmas).to(device=device, dtype=torch.float32)
-        self.timesteps = torch.from_numpy(np.log(sigmas[:-1]) / 4).to(device=device, dtype=torch.float32)
-        self.target_timesteps = torch.from_numpy(np.log(target_sigmas) / 4).to(device=device, dtype=torch.float32)
+        self.timesteps = self.sigma_to_timestep(torch.from_numpy(sigmas[:-1])).to(device=device, dtype=torch.float32)
+        self.target_timesteps = self.sigma_to_timestep(torch.from_numpy(target_sigmas)).to(device=device, dtype=torch.float32)
         self._step_index = 0
         self._begin_index = None
 
