@@ -7,13 +7,13 @@
 
 Which model: `--model`, else $SOUNDCTM_MODEL, else the bundled `assets/soundctm-demo/student`. The model may also be
 a folder holding `student/` and `teacher/` pipeline folders.
-Which teacher (for the "Teacher, Heun 40 steps" column): `--teacher`, else $SOUNDCTM_TEACHER, else, for a local
+Which teacher (for the "Teacher, Heun N steps" column, N its folder's own step count, 40 unless it sets one): `--teacher`, else $SOUNDCTM_TEACHER, else, for a local
 student folder, a sibling folder named `teacher/` (the bundled layout `assets/soundctm-demo/{student,teacher}`).
 `--no-teacher` turns the column off.
 
 Two tabs:
 - Compare: one seed, so every column starts from the same noise; with γ = 0 the columns are the same sound
-  with 1, 2, 4, ... steps (and the teacher's 40-step Heun result from that noise).
+  with 1, 2, 4, ... steps (and the teacher's Heun result from that noise).
 - Drafts → refine: several 1-step drafts with different seeds in one batch; pick one and refine it with more
   steps on its seed.
 """
@@ -65,7 +65,6 @@ logger = logging.getLogger("soundctm.app")
 ENV_TEACHER = "SOUNDCTM_TEACHER"
 STEP_CHOICES = (1, 2, 4, 8, 16)
 TEACHER = "teacher"  # the value of the teacher's entry among the step choices
-TEACHER_STEPS = 40  # EDM Heun steps of the paper's teacher baseline (79 network evaluations)
 MAX_SEED = 2**32 - 1
 MAX_DRAFTS = 8
 MAX_REFINE_STEPS = 64
@@ -292,6 +291,11 @@ def invalid(message: str, title: str = "Invalid input") -> gr.Error:
     return gr.Error(message, title=title, print_exception=False)
 
 
+def _is_skip(value) -> bool:
+    """Whether an output value is `gr.skip()` (leave the component as it is)."""
+    return isinstance(value, dict) and value == gr.skip()
+
+
 def _check_number(name: str, value, low: float, high: float, integer: bool = False):
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise invalid(f"{name} must be a number from {low:g} to {high:g}, got {html.escape(repr(value))}")
@@ -388,9 +392,15 @@ class SoundCTMApp:
         self.compute: ComputeThreads | None = None  # made by build()
 
     # ----------------------------------------------------------------------------------------- helpers
+    def teacher_steps(self) -> int:
+        """Heun steps of the teacher column: the teacher folder's own default (40, the paper's baseline, unless the
+        folder sets another: the bundled demo teacher, 18)."""
+        pipe = self.teacher.loaded if self.teacher else None
+        return 40 if pipe is None else pipe.default_num_inference_steps
+
     def slot_label(self, slot: str) -> str:
         if slot == TEACHER:
-            return f"Teacher (Heun, {TEACHER_STEPS} steps)"
+            return f"Teacher (Heun, {self.teacher_steps()} steps)"
         return f"{slot} step" + ("" if slot == "1" else "s")
 
     def max_duration(self) -> float | None:
@@ -444,11 +454,11 @@ class SoundCTMApp:
         """
         The same seed through every chosen step count (and the teacher): per column (audio, spectrogram, time), then
         the settings text. `steps` is a list of step counts as strings, and "teacher". What the page's Generate and
-        the `/compare` endpoint return: the last of `compare_stream`'s updates.
+        the `/compare` endpoint return: `compare_stream`'s updates merged (each later value replacing an earlier one).
         """
         outputs = None
-        for outputs in self.compare_stream(prompt, negative_prompt, seed, omega, nu, gamma, duration, steps, progress):
-            pass
+        for update in self.compare_stream(prompt, negative_prompt, seed, omega, nu, gamma, duration, steps, progress):
+            outputs = update if outputs is None else [old if _is_skip(new) else new for old, new in zip(outputs, update)]
         return outputs
 
     def compare_stream(self, prompt, negative_prompt, seed, omega, nu, gamma, duration, steps,
@@ -456,8 +466,8 @@ class SoundCTMApp:
         """
         `compare` in three updates, so the 1-step draft is heard at once and the student's columns while the
         teacher still runs: after the first column (it also clears the columns of the previous result), before the
-        teacher's (the columns finished since; the others are `gr.skip()`), and at the end (every column and the
-        settings text). An update per column cost more than it gave: each one's files and messages compete with the
+        teacher's (the columns finished since; the others are `gr.skip()`), and at the end (the columns not sent yet
+        and the settings text: a column sent again would be encoded and sent again). An update per column cost more than it gave: each one's files and messages compete with the
         sampling for the CPU (benchmarks/bench_demo.py). Progress is reported per column: tracking the pipelines'
         tqdm bars too (110 updates a compare) slowed it through HTTP.
         """
@@ -474,8 +484,9 @@ class SoundCTMApp:
             progress((i, len(todo)), desc=f"{self.slot_label(slot)} ({i + 1} of {len(todo)})")
             if slot == TEACHER:
                 try:
-                    results[slot] = self._generate(self.teacher, settings, TEACHER_STEPS)
-                    lines.append("teacher: " + settings.command(TEACHER_STEPS, self.teacher.model, "teacher.wav"))
+                    heun_steps = self.teacher.get().default_num_inference_steps  # the folder's own: 40 unless it sets one
+                    results[slot] = self._generate(self.teacher, settings, heun_steps)
+                    lines.append("teacher: " + settings.command(heun_steps, self.teacher.model, "teacher.wav"))
                 except gr.Error as err:  # the students' columns are still worth showing
                     gr.Warning(f"Teacher column skipped: {err.message}")
                     results[slot] = (None, None, f"not available: {err.message}")
@@ -487,10 +498,15 @@ class SoundCTMApp:
                 sent = {slot}
             elif i < len(todo) - 1 and todo[i + 1] == TEACHER:
                 yield self._compare_outputs(results, None, only=set(results) - sent)
-        yield self._compare_outputs(results, settings.describe(lines))
+                sent = set(results)
+        if len(todo) == 1:
+            yield self._compare_outputs(results, settings.describe(lines))
+        else:
+            yield self._compare_outputs(results, settings.describe(lines), only=set(results) - sent)
 
     def _compare_outputs(self, results: dict, settings_text: str | None, only: set[str] | None = None) -> list:
-        """The flat output list; with `only`, every other column and the settings are left as they are."""
+        """The flat output list; with `only`, every other column is left as it is, and the settings too unless
+        `settings_text` is given."""
         outputs = []
         for slot in self.slots:
             if only is not None and slot not in only:
@@ -498,7 +514,7 @@ class SoundCTMApp:
                 continue
             audio, image, elapsed = results.get(slot, (None, None, None))
             outputs += [audio, image, self._time_text(slot, elapsed)]
-        return outputs + [gr.skip() if only is not None else settings_text]
+        return outputs + [gr.skip() if settings_text is None and only is not None else settings_text]
 
     def drafts(self, prompt, negative_prompt, omega, nu, duration, count, progress=gr.Progress(track_tqdm=True)):
         """
@@ -576,6 +592,7 @@ class SoundCTMApp:
                 logger.error("%s", err.message)
         duration_step, duration_max = duration_slider(self.max_duration() or 10.0)
         compare_fn, drafts_fn, refine_fn = wrap(self.compare_stream), wrap(self.drafts), wrap(self.refine)
+        compare_whole_fn = wrap(self.compare)
         queue = dict(concurrency_id="model", concurrency_limit=concurrency)
 
         with gr.Blocks(title="SoundCTM", delete_cache=(3600, 3600)) as demo:
@@ -662,9 +679,13 @@ class SoundCTMApp:
             count.change(lambda n: [gr.Column(visible=i < int(n)) for i in range(MAX_DRAFTS)], inputs=count,
                          outputs=draft_columns, api_visibility="private", queue=False)
             # The columns fill in as they finish; the progress shows on the settings box, not over finished columns.
-            compare_button.click(compare_fn, inputs=[prompt, negative, seed, omega, nu, gamma, duration, steps],
-                                 outputs=compare_outputs + [compare_settings], api_name="compare",
-                                 show_progress_on=compare_settings, **queue)
+            # The page's stream is the `/compare_stream` endpoint (its updates leave what they do not change as it is);
+            # `/compare` gives an API client the whole result in one reply.
+            compare_inputs = [prompt, negative, seed, omega, nu, gamma, duration, steps]
+            compare_button.click(compare_fn, inputs=compare_inputs, outputs=compare_outputs + [compare_settings],
+                                 api_name="compare_stream", show_progress_on=compare_settings, **queue)
+            gr.Button(visible=False).click(compare_whole_fn, inputs=compare_inputs, outputs=compare_outputs + [compare_settings],
+                                           api_name="compare", **queue)
             prompt.submit(compare_fn, inputs=[prompt, negative, seed, omega, nu, gamma, duration, steps],
                           outputs=compare_outputs + [compare_settings], api_visibility="private",
                           show_progress_on=compare_settings, **queue)

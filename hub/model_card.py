@@ -172,6 +172,7 @@ def describe_pipeline(folder: str | Path) -> dict:
         max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens < 10**6 else None,
         variants=variants,
         guidance_scale=float(index.get("guidance_scale", 5.0)),
+        teacher_steps=int(index.get("num_inference_steps") or 40),  # a teacher's default Heun steps
         text_encoder_package=package,
     )
 
@@ -227,6 +228,8 @@ def make_model_card(folder: str | Path, facts: CardFacts) -> ModelCard:
         model_path=facts.repo_id or "path/to/this/folder",
         prompt=(facts.example_prompts or [DEFAULT_PROMPT])[0],
         guidance_scale=f"{info['guidance_scale']:.1f}",
+        teacher_steps=info["teacher_steps"],
+        teacher_evaluations=2 * info["teacher_steps"] - 1,
         refine_nu=f"{float(facts.refine_nu):.1f}",
         text_encoder_package=info["text_encoder_package"],
         text_encoder_package_pip=(info["text_encoder_package"] or "").replace("_", "-"),

@@ -90,10 +90,15 @@ def test_compare_streams_each_column_as_it_finishes(soundctm_app, reference):
     # The next ones send their own column only.
     np.testing.assert_array_equal(middle["4"][0][1], reference(7, 4))
     assert all(middle[slot] == (SKIP,) * 3 for slot in middle if slot != "4") and updates[1][-1] == SKIP
-    # The last is the whole result, as `compare` and the /compare endpoint return it.
+    # The last sends the teacher's column and the settings; merged, the updates are the whole result, as `compare`
+    # and the /compare endpoint return it.
+    assert all(last[slot] == (SKIP,) * 3 for slot in last if slot != "teacher") and last["teacher"][0] is not None
+    skipped = lambda value: isinstance(value, dict) and value == SKIP  # noqa: E731
+    merged = [old if skipped(new) else new for old, new in zip(updates[0], updates[1])]
+    merged = [old if skipped(new) else new for old, new in zip(merged, updates[2])]
     full = soundctm_app.compare(**kwargs)
     for slot in soundctm_app.slots:
-        for got, want in zip(last[slot], columns(soundctm_app, full)[slot]):
+        for got, want in zip(columns(soundctm_app, merged)[slot], columns(soundctm_app, full)[slot]):
             if isinstance(want, tuple):
                 assert got[0] == want[0] and np.array_equal(got[1], want[1]), slot
             elif isinstance(want, np.ndarray):
@@ -288,6 +293,26 @@ def test_a_16khz_unet_student_runs_and_the_page_names_its_rate(app_module, tmp_p
     for steps in ("1", "2"):
         (rate, audio), image, _ = columns(app, outputs)[steps]
         assert rate == 16000 and audio.shape[-1] == pipe.latent_frames * pipe.vae.hop_length and image is not None
+
+
+def test_the_teacher_column_runs_the_teacher_folders_own_step_count(app_module, models_dir, tmp_path):
+    from soundctm import SoundCTMPipeline
+
+    default = app_module.SoundCTMApp(str(models_dir / "student"), str(models_dir / "teacher"))
+    default.teacher.get()
+    assert default.slot_label("teacher") == "Teacher (Heun, 40 steps)"
+    teacher = SoundCTMPipeline.from_pretrained(str(models_dir / "teacher"))
+    SoundCTMPipeline(**teacher.components, text_embedding=teacher.config.text_embedding, num_inference_steps=3).save_pretrained(tmp_path / "t3")
+    app = app_module.SoundCTMApp(str(models_dir / "student"), str(tmp_path / "t3"))
+    pipe = app.teacher.get()
+    assert app.slot_label("teacher") == "Teacher (Heun, 3 steps)"
+    evaluations = []
+    hook = pipe.transformer.register_forward_pre_hook(lambda m, a: evaluations.append(1))
+    try:
+        *_, settings_text = app.compare(**compare_kwargs(app.max_duration(), steps=["teacher"]))
+    finally:
+        hook.remove()
+    assert len(evaluations) == 2 * 3 - 1 and "--steps 3" in settings_text
 
 
 def test_duration_shows_rounded_seconds_and_its_end_is_the_full_length(app_module, soundctm_app, reference):

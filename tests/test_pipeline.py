@@ -130,6 +130,20 @@ def test_a_call_without_omega_uses_the_models_own_which_its_folder_and_companion
         SoundCTMPipeline(**pipe.components, guidance_scale=float("nan"))
 
 
+def test_a_model_may_set_its_own_default_step_count(teacher, tmp_path):
+    assert teacher.default_num_inference_steps == 40
+    own = SoundCTMPipeline(**teacher.components, text_embedding="projected", num_inference_steps=3)
+    own.set_progress_bar_config(disable=True)
+    assert own.default_num_inference_steps == 3
+    kw = dict(latents=torch.randn(1, 4, 16, generator=gen(8)), output_type="latent")
+    torch.testing.assert_close(own("a dog barks", **kw).audios, own("a dog barks", num_inference_steps=3, **kw).audios)
+    own.save_pretrained(tmp_path)
+    assert SoundCTMPipeline.from_pretrained(tmp_path).default_num_inference_steps == 3
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="num_inference_steps"):
+            SoundCTMPipeline(**teacher.components, num_inference_steps=bad)
+
+
 def test_same_seed_gives_the_same_audio_and_another_seed_does_not(pipe):
     kw = dict(num_inference_steps=4, gamma=0.3, nu=2.0)
     a = pipe("a dog barks", generator=gen(11), **kw).audios

@@ -82,6 +82,9 @@ class SoundCTMPipeline(DiffusionPipeline):
         guidance_scale (`float`, defaults to 5.0): the model's own ω, what `__call__` uses when it is given none: the
             CFG scale at which the teacher follows prompts best, around which the student was distilled (5 for the
             authors' models, 2 for the bundled demo model).
+        num_inference_steps (`int`, *optional*): the model's own default step count (`default_num_inference_steps`);
+            None: 1 for a student, 40 Heun steps for a teacher. The bundled demo teacher sets 18, the grid it was
+            distilled on, where it follows prompts as well as with 40 (recipes/procedural/README.md).
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
@@ -99,6 +102,7 @@ class SoundCTMPipeline(DiffusionPipeline):
         text_embedding: str = "projected",
         text_encoder_package: str | None = None,
         guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        num_inference_steps: int | None = None,
     ):
         super().__init__()
         if text_embedding not in TEXT_EMBEDDINGS:
@@ -111,8 +115,15 @@ class SoundCTMPipeline(DiffusionPipeline):
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, scheduler=scheduler
         )
         _check_finite_number(guidance_scale, "guidance_scale")
+        if num_inference_steps is not None and (
+            isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1
+        ):
+            raise ValueError(f"num_inference_steps must be an int >= 1 or None, got {num_inference_steps!r}")
         self.register_to_config(
-            text_embedding=text_embedding, text_encoder_package=text_encoder_package, guidance_scale=float(guidance_scale)
+            text_embedding=text_embedding,
+            text_encoder_package=text_encoder_package,
+            guidance_scale=float(guidance_scale),
+            num_inference_steps=None if num_inference_steps is None else int(num_inference_steps),
         )
 
     # ------------------------------------------------------------------------------------------------ properties
@@ -138,7 +149,10 @@ class SoundCTMPipeline(DiffusionPipeline):
 
     @property
     def default_num_inference_steps(self) -> int:
-        return 1 if self.is_student else 40
+        """Steps when a call gives none: the config's `num_inference_steps` if the model sets one, else 1 for a student
+        (the 1-step draft) and 40 Heun steps for a teacher (the paper's baseline)."""
+        steps = self.config.get("num_inference_steps")
+        return int(steps) if steps else (1 if self.is_student else 40)
 
     @property
     def latent_shape(self) -> tuple[int, ...]:

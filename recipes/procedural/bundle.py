@@ -36,6 +36,9 @@ EXAMPLE_PROMPTS = [
 ]
 
 
+TEACHER_STEPS = 18  # the teacher's default Heun steps (see `bundle`)
+
+
 def card_facts(student: bool) -> CardFacts:
     return CardFacts(
         title=f"SoundCTM demo {'student' if student else 'teacher'} (procedural sound effects)",
@@ -58,7 +61,10 @@ def bundle(source: str, target: Path, student: bool) -> int:
         raise ValueError(f"{source} holds a {'student' if pipe.is_student else 'teacher'}, expected the other kind")
     scheduler_class = CTMScheduler if student else EDMHeunScheduler
     scheduler = scheduler_class.from_config(pipe.scheduler.config)
-    bundled = demo_pipeline(pipe.vae, pipe.transformer.to(torch.float16), scheduler, pipe.text_encoder, pipe.tokenizer)
+    # The teacher's default: Heun on the distillation's 18-point grid, which follows the held-out prompts as well as
+    # Heun-40 (bench_quality --teacher-steps 18: 82.4 %, Fréchet 28.6 vs 28.2) in under half the time.
+    steps = None if student else TEACHER_STEPS
+    bundled = demo_pipeline(pipe.vae, pipe.transformer.to(torch.float16), scheduler, pipe.text_encoder, pipe.tokenizer, steps)
     if target.exists():
         shutil.rmtree(target)
     save_without_text_encoder(bundled, target)

@@ -33,8 +33,9 @@ def start_run(args) -> tuple[float, np.random.Generator]:
     return time.time(), np.random.default_rng(args.seed)
 
 
-def demo_pipeline(vae, transformer, scheduler, text_encoder=None, tokenizer=None) -> SoundCTMPipeline:
-    """A pipeline whose text encoder comes from `TEXT_ENCODER_PACKAGE` (and is left out when it is saved)."""
+def demo_pipeline(vae, transformer, scheduler, text_encoder=None, tokenizer=None, num_inference_steps=None) -> SoundCTMPipeline:
+    """A pipeline whose text encoder comes from `TEXT_ENCODER_PACKAGE` (and is left out when it is saved);
+    `num_inference_steps` is its default step count (None: 1 for a student, 40 Heun steps for a teacher)."""
     if text_encoder is None or tokenizer is None:
         text_encoder, tokenizer = load_packaged_text_encoder(TEXT_ENCODER_PACKAGE)
     pipe = SoundCTMPipeline(
@@ -46,6 +47,7 @@ def demo_pipeline(vae, transformer, scheduler, text_encoder=None, tokenizer=None
         text_embedding=TEXT_EMBEDDING,
         text_encoder_package=TEXT_ENCODER_PACKAGE,
         guidance_scale=GUIDANCE_SCALE,
+        num_inference_steps=num_inference_steps,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
