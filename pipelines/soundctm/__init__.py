@@ -4,6 +4,7 @@ text-to-sound teacher, as a diffusers pipeline."""
 from .autoencoder_gaussian_dac import AutoencoderGaussianDAC
 from .autoencoder_log_mel import AutoencoderLogMel
 from .autoencoder_mel_vocoder import AutoencoderMelVocoder
+from .autoencoder_oobleck_soundctm import AutoencoderOobleckSoundCTM
 from .pipeline import SoundCTMPipeline
 from .scheduling_ctm import CTMScheduler
 from .scheduling_edm_heun import EDMHeunScheduler
@@ -11,5 +12,5 @@ from .stable_audio_soundctm import SoundCTMStableAudioDiTModel
 from .transformer_soundctm_dit import SoundCTMDiTModel
 from .unet_soundctm import SoundCTMUNet2DConditionModel
 
-__all__ = ["AutoencoderGaussianDAC", "AutoencoderLogMel", "AutoencoderMelVocoder", "CTMScheduler", "EDMHeunScheduler", "SoundCTMDiTModel", "SoundCTMPipeline", "SoundCTMStableAudioDiTModel", "SoundCTMUNet2DConditionModel"]
+__all__ = ["AutoencoderGaussianDAC", "AutoencoderLogMel", "AutoencoderMelVocoder", "AutoencoderOobleckSoundCTM", "CTMScheduler", "EDMHeunScheduler", "SoundCTMDiTModel", "SoundCTMPipeline", "SoundCTMStableAudioDiTModel", "SoundCTMUNet2DConditionModel"]
 __version__ = "0.1.0"
