@@ -53,14 +53,22 @@ def test_last_layer_gradient_and_full_weights_under_fsdp(tmp_path):
     script = tmp_path / "fsdp_check.py"
     script.write_text(SCRIPT.format(root=ROOT, tests=os.path.join(ROOT, "tests")))
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    result = subprocess.run(
-        # --standalone: a rendezvous on a port the OS picks, not the default 29500 that another run may hold
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
-        cwd=str(tmp_path),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+
+    def run():
+        return subprocess.run(
+            # --standalone: a rendezvous on a port the OS picks, not the default 29500 that another run may hold
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+            cwd=str(tmp_path),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+
+    result = run()
+    if result.returncode != 0 and "terminate called without an active exception" in result.stderr:
+        # A gloo worker once aborted in C++ after its checks had run (one CI run of many, not reproducible in 8 local
+        # runs): run again; a real failure fails twice.
+        result = run()
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert (tmp_path / "rank0.ok").exists() and (tmp_path / "rank1.ok").exists()
