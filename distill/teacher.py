@@ -16,7 +16,6 @@ weights).
 """
 
 import json
-import math
 import os
 from abc import ABC, abstractmethod
 
@@ -24,7 +23,7 @@ import torch
 from diffusers import StableAudioDiTModel, UNet2DConditionModel
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 
-from soundctm import SoundCTMDiTModel, SoundCTMPipeline, SoundCTMUNet2DConditionModel
+from soundctm import CTMScheduler, SoundCTMDiTModel, SoundCTMPipeline, SoundCTMUNet2DConditionModel
 from soundctm.pipeline import concat_conditioning
 
 TEACHER_CLASSES = (SoundCTMDiTModel, UNet2DConditionModel, StableAudioDiTModel)
@@ -113,6 +112,22 @@ class SoundCTMTeacher(DistillationTeacher):
         return list(self._forward(z, sigma, encoder_hidden_states, encoder_attention_mask, features=True).block_hidden_states)
 
 
+def block_outputs(blocks, run) -> list[torch.Tensor]:
+    """The outputs of `blocks` (the first element of a tuple output) during `run()`, in call order; differentiable."""
+    outputs = []
+
+    def keep(module, inputs, output):
+        outputs.append(output[0] if isinstance(output, tuple) else output)
+
+    handles = [block.register_forward_hook(keep) for block in blocks if block is not None]
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs
+
+
 class UNetTeacher(DistillationTeacher):
     """
     A diffusers `UNet2DConditionModel` EDM teacher (the 16 kHz SoundCTM-UNet's): D = c_skip(σ)·z + c_out(σ)·F(c_in(σ)·z,
@@ -143,18 +158,8 @@ class UNetTeacher(DistillationTeacher):
         return self.scheduler.c_skip(sigma) * z.float() + self.scheduler.c_out(sigma) * F
 
     def block_features(self, z, sigma, encoder_hidden_states, encoder_attention_mask=None):
-        maps = []
-
-        def keep(module, inputs, output):
-            maps.append(output[0] if isinstance(output, tuple) else output)  # a down block returns (hidden, residuals)
-
-        blocks = [*self.unet.down_blocks, self.unet.mid_block, *self.unet.up_blocks]
-        handles = [block.register_forward_hook(keep) for block in blocks if block is not None]
-        try:
-            self._forward(z, sigma, encoder_hidden_states, encoder_attention_mask)
-        finally:
-            for handle in handles:
-                handle.remove()
+        blocks = [*self.unet.down_blocks, self.unet.mid_block, *self.unet.up_blocks]  # a down block returns (hidden, residuals)
+        maps = block_outputs(blocks, lambda: self._forward(z, sigma, encoder_hidden_states, encoder_attention_mask))
         return [m.flatten(2).transpose(1, 2) for m in maps]
 
 
@@ -199,6 +204,10 @@ class StableAudioTeacher(DistillationTeacher):
         super().__init__(scheduler, max_batch_size)
         self.transformer = transformer
         self.prediction_type = prediction_type
+        # c_in, c_skip, c_out and c_noise of Stable Audio's scheduler, from the package's shared EDM preconditioning.
+        self.preconditioning = CTMScheduler(
+            sigma_data=self.sigma_data, prediction_type=prediction_type, noise_conditioning="atan"
+        )
         self._rotary = {}
 
     @staticmethod
@@ -217,7 +226,7 @@ class StableAudioTeacher(DistillationTeacher):
         return encoder_hidden_states, mask
 
     def c_noise(self, sigma: torch.Tensor) -> torch.Tensor:
-        return sigma.atan() / math.pi * 2
+        return self.preconditioning.sigma_to_timestep(sigma)
 
     def _rotary_embedding(self, length: int, device):
         key = (length, str(device))
@@ -233,7 +242,7 @@ class StableAudioTeacher(DistillationTeacher):
             raise ValueError("encoder_hidden_states must end with the seconds-start and seconds-end tokens")
         dtype = self.transformer.dtype
         sigma = sigma.float().reshape(-1)
-        c_in = 1 / (sigma**2 + self.sigma_data**2) ** 0.5
+        c_in = self.preconditioning.c_in(sigma)
         start_end = encoder_hidden_states[:, -2:]
         global_states = start_end.reshape(start_end.shape[0], 1, -1)  # cat([start, end], dim=2)
         if encoder_attention_mask is not None:
@@ -250,23 +259,12 @@ class StableAudioTeacher(DistillationTeacher):
     def denoise(self, z, sigma, encoder_hidden_states, encoder_attention_mask=None):
         F = self._forward(z, sigma, encoder_hidden_states, encoder_attention_mask).float()
         sigma = sigma.float().reshape(-1, *([1] * (z.ndim - 1)))
-        sd = self.sigma_data
-        c_skip = sd**2 / (sigma**2 + sd**2)
-        c_out = sigma * sd / (sigma**2 + sd**2) ** 0.5
-        if self.prediction_type == "v_prediction":
-            c_out = -c_out
-        return c_skip * z.float() + c_out * F
+        return self.preconditioning.c_skip(sigma) * z.float() + self.preconditioning.c_out(sigma) * F
 
     def block_features(self, z, sigma, encoder_hidden_states, encoder_attention_mask=None):
-        outputs = []
-        blocks = self.transformer.transformer_blocks
-        handles = [block.register_forward_hook(lambda module, inputs, output: outputs.append(output)) for block in blocks]
-        try:
-            self._forward(z, sigma, encoder_hidden_states, encoder_attention_mask)
-        finally:
-            for handle in handles:
-                handle.remove()
-        return outputs
+        return block_outputs(
+            self.transformer.transformer_blocks, lambda: self._forward(z, sigma, encoder_hidden_states, encoder_attention_mask)
+        )
 
     @torch.no_grad()
     def guided_denoise(self, z, sigma, cond, uncond, omega, cond_mask=None, uncond_mask=None):

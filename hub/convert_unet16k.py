@@ -17,13 +17,13 @@ with torch.load(weights_only=True); --trust-pickles allows full unpickling for f
 """
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
 
 from .audioldm_checkpoint import convert_audioldm_checkpoint
 from .authors_checkpoints import hub_reachable
+from .convert import _read_json_file, write_fp16_weights  # convert.py imports this module only inside its main()
 from .folders import atomic_output_dir, human_size, list_files
 from .model_card import CardFacts, write_model_card
 from .unet16k_checkpoints import (
@@ -58,16 +58,6 @@ STUDENT_ROWS = (
     "| SoundCTM | 8 | 3.0 | 1.5 | 1.45 | 1.20 | 7.98 | 0.46 |\n"
     "| SoundCTM | 16 | 3.0 | 2.0 | 1.38 | 1.19 | 8.24 | 0.46 |\n"
 )
-
-
-def _read_json_file(path: str | None, what: str) -> dict | None:
-    if path is None:
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{what} {path}: {err}") from None
 
 
 def _is_hub_id(source: str) -> bool:
@@ -262,8 +252,6 @@ def convert(
     **kwargs,
 ) -> Path:
     """Converts and writes OUTPUT/student and OUTPUT/teacher all at once (nothing is left behind on failure)."""
-    from .convert import write_fp16_weights
-
     student, teacher, _ = build_pipelines(student_weights=student_weights, log=log, **kwargs)
     pipes = {"student": student, "teacher": teacher}
     with atomic_output_dir(output, overwrite) as tmp:

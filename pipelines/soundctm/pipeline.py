@@ -523,15 +523,18 @@ class SoundCTMPipeline(DiffusionPipeline):
         omega = torch.full((model_batch,), float(guidance_scale), device=device) if is_student else None
         # Only a student takes s and ω (a teacher may be a model class that has no such arguments).
         student_inputs = {}
+
+        def conditioning():  # the model's text batch, [∅; prompt] under guidance; again only if a callback changes it
+            if not do_guidance:
+                return prompt_embeds, prompt_attention_mask
+            return concat_conditioning(
+                (negative_prompt_embeds, negative_prompt_attention_mask), (prompt_embeds, prompt_attention_mask)
+            )
+
+        embeds, mask = conditioning()
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
-                if do_guidance:
-                    embeds, mask = concat_conditioning(
-                        (negative_prompt_embeds, negative_prompt_attention_mask), (prompt_embeds, prompt_attention_mask)
-                    )
-                else:
-                    embeds, mask = prompt_embeds, prompt_attention_mask
                 model_input = torch.cat([latents, latents]) if do_guidance else latents
                 model_input = self.scheduler.scale_model_input(model_input, t).to(dtype)
                 if is_student:
@@ -557,8 +560,10 @@ class SoundCTMPipeline(DiffusionPipeline):
                     callback_kwargs = {k: step_locals[k] for k in callback_on_step_end_tensor_inputs}
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
                     latents = callback_outputs.pop("latents", latents)
-                    prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
-                    negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
+                    if "prompt_embeds" in callback_outputs or "negative_prompt_embeds" in callback_outputs:
+                        prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+                        negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
+                        embeds, mask = conditioning()
                 progress_bar.update()
 
         if output_type == "latent":
