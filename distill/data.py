@@ -9,8 +9,11 @@ Three sources, one record format (an audio column and a caption column, names ch
   torchcodec nor FFmpeg.
 
 Audio is never decoded by `datasets` (`Audio(decode=False)` gives the file's bytes or path): soundfile reads it,
-the channels are averaged to mono, soxr resamples it to the VAE's rate, and a random window of the model's length is
-cut (or the clip is zero-padded at the end). A record that cannot be read is skipped, logged and counted.
+its channels are matched to the VAE's (`channels`): for a mono VAE they are averaged to mono; for a stereo VAE
+(Stable Audio Open's, 44.1 kHz) a stereo source is kept as it is, a mono source is duplicated to both channels (counted
+in the stream state as `upmixed`) and a source with more channels gives its first two. soxr resamples it to the VAE's
+rate, and a random window of the model's length is cut, the same for every channel (or the clip is zero-padded at the
+end). Batches are `(batch, channels, samples)`. A record that cannot be read is skipped, logged and counted.
 
 Resuming is exact. `datasets` can save a stream's position (`IterableDataset.state_dict`), but not the content of
 its shuffle buffer; so records are shuffled here in blocks of `shuffle_buffer_size`: a block is read, permuted with a
@@ -148,6 +151,15 @@ def read_audio(value, base_dir: str | None = None) -> tuple[np.ndarray, int]:
     return audio, int(rate)
 
 
+CHANNELS = (1, 2)  # mono (the mel and mono-waveform VAEs) or stereo (Stable Audio Open's VAE)
+
+
+def _check_channels(channels) -> int:
+    if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or int(channels) not in CHANNELS:
+        raise ValueError(f"channels must be one of {CHANNELS} (1: mono, 2: stereo), got {channels!r}")
+    return int(channels)
+
+
 def prepare_waveform(
     audio: np.ndarray,
     rate: int,
@@ -156,38 +168,61 @@ def prepare_waveform(
     rng: np.random.Generator,
     random_crop: bool = True,
     peak_normalize: float | None = None,
+    channels: int = 1,
 ) -> np.ndarray:
     """
-    (frames, channels) at `rate` -> mono float32 `(num_samples,)` at `target_rate`: channels averaged, a window cut
-    (random when `random_crop`, else the start) and resampled with soxr, zero-padded at the end if the clip is short.
-    With `peak_normalize`, the window's mean is removed and it is scaled to that peak (TANGO's and AudioLDM's
-    `normalize_wav`, 0.5 for their mel VAE; a silent window stays silent).
+    (frames, channels) at `rate` -> float32 at `target_rate`: a window cut (random when `random_crop`, else the
+    start) and resampled with soxr, zero-padded at the end if the clip is short.
+
+    - `channels=1`: the source's channels are averaged to mono; returns `(num_samples,)`.
+    - `channels=2`: returns `(2, num_samples)`. A stereo source is kept as it is, a mono source is duplicated to both
+      channels (it is prepared as mono, then copied: both rows equal `channels=1`'s result), and a source with more
+      than 2 channels gives its first two (no downmix: their layout is unknown). Both channels share the window (one
+      random offset).
+
+    With `peak_normalize`, each channel's mean is removed and the window is scaled to that peak, over both channels
+    together (TANGO's and AudioLDM's `normalize_wav`, 0.5 for their mel VAE; a silent window stays silent).
+
+    Raises:
+        `ValueError` for an empty or malformed source, NaN or infinite samples, or `channels` not in (1, 2).
     """
-    if audio.ndim != 2 or audio.shape[0] == 0:
+    channels = _check_channels(channels)
+    if audio.ndim != 2 or audio.shape[0] == 0 or audio.shape[1] == 0:
         raise ValueError(f"empty or malformed audio of shape {audio.shape}")
-    mono = audio.mean(axis=1, dtype=np.float32)
+    if channels == 2 and audio.shape[1] == 1:
+        mono = prepare_waveform(audio, rate, target_rate, num_samples, rng, random_crop, peak_normalize)
+        return np.stack([mono, mono])
+    if channels == 1:
+        signal = audio.mean(axis=1, dtype=np.float32)  # (frames,)
+    else:
+        signal = np.ascontiguousarray(audio[:, :2], dtype=np.float32)  # (frames, 2): soxr resamples frame-major
     # Cut the window before resampling (a long file is not resampled whole); a few extra source samples give soxr
     # context at the window's end.
     needed = int(np.ceil(num_samples * rate / target_rate)) + (16 if rate != target_rate else 0)
-    if mono.shape[0] > needed:
-        offset = int(rng.integers(0, mono.shape[0] - needed + 1)) if random_crop else 0
-        mono = mono[offset : offset + needed]
+    if signal.shape[0] > needed:
+        offset = int(rng.integers(0, signal.shape[0] - needed + 1)) if random_crop else 0
+        signal = signal[offset : offset + needed]
     if rate != target_rate:
-        mono = soxr.resample(mono, rate, target_rate, quality="HQ").astype(np.float32)
-    mono = mono[:num_samples]
-    if mono.shape[0] < num_samples:
-        mono = np.pad(mono, (0, num_samples - mono.shape[0]))
-    if not np.isfinite(mono).all():
+        signal = soxr.resample(signal, rate, target_rate, quality="HQ").astype(np.float32)
+    signal = signal[:num_samples]
+    if signal.shape[0] < num_samples:
+        signal = np.pad(signal, ((0, num_samples - signal.shape[0]),) + ((0, 0),) * (signal.ndim - 1))
+    if not np.isfinite(signal).all():
         raise ValueError("the audio contains NaN or infinite samples")
     if peak_normalize is not None:
-        mono = mono - mono.mean()
-        mono = (peak_normalize * mono / (np.abs(mono).max() + 1e-8)).astype(np.float32)
-    return mono
+        signal = signal - (signal.mean() if signal.ndim == 1 else signal.mean(axis=0, keepdims=True))
+        signal = (peak_normalize * signal / (np.abs(signal).max() + 1e-8)).astype(np.float32)
+    return signal if channels == 1 else np.ascontiguousarray(signal.T, dtype=np.float32)
 
 
 def a_weighted_gain_db(sound: np.ndarray, rate: int, min_db: float = -80.0) -> float:
     """The loudest frame's A-weighted power in dB (Hann frames of ≈ 0.128 s, half overlapping): the gain that TANGO's
-    mixing augmentation (after Tokozume et al.'s between-class learning) matches two clips by."""
+    mixing augmentation (after Tokozume et al.'s between-class learning) matches two clips by. `sound` is `(samples,)`
+    or `(channels, samples)`; a multichannel clip is measured on its channel mean (the loudness of its mono downmix: an
+    approximation of a stereo clip's perceived loudness that is good enough to balance two clips against each
+    other)."""
+    if sound.ndim == 2:
+        sound = sound.mean(axis=0)
     n_fft = 2 ** int(round(np.log2(rate * 0.128)))  # 2048 at 16 kHz, as TANGO
     if len(sound) < n_fft:
         sound = np.pad(sound, (0, n_fft - len(sound)))
@@ -205,7 +240,9 @@ def a_weighted_gain_db(sound: np.ndarray, rate: int, min_db: float = -80.0) -> f
 
 
 def mix_clips(sound1: np.ndarray, sound2: np.ndarray, rate: int, ratio: float = 0.5) -> np.ndarray:
-    """Two clips mixed so that `ratio` is the first one's share of the perceived loudness (TANGO's `mix`)."""
+    """Two clips mixed so that `ratio` is the first one's share of the perceived loudness (TANGO's `mix`). Both are
+    `(samples,)` or both `(channels, samples)` (the loudness of a multichannel clip: `a_weighted_gain_db`); every
+    channel gets the same two gains."""
     gain1, gain2 = a_weighted_gain_db(sound1, rate), a_weighted_gain_db(sound2, rate)
     t = 1.0 / (1 + np.power(10, (gain1 - gain2) / 20.0) * (1 - ratio) / ratio)
     return ((sound1 * t + sound2 * (1 - t)) / np.sqrt(t**2 + (1 - t) ** 2)).astype(np.float32)
@@ -216,19 +253,25 @@ def mix_augment(audio: torch.Tensor, captions: list[str], num: int, rate: int, g
     TANGO's data augmentation: `num` more clips for the batch, each two different clips of it mixed at equal
     loudness (`mix_clips`) and captioned "<first> and <second, uncapitalised>". The pairs are drawn with `generator`
     (so a resumed run draws the same ones). The mixes are scaled together to `peak` (TANGO: 0.5), or to the batch's
-    own peak. Returns `(audio (B + num', 1, samples), captions)`, num' = min(num, pairs available).
+    own peak. `audio` is `(B, C, samples)`, C = 1 (mono) or 2 (stereo: each clip's loudness is that of its channel
+    mean, see `a_weighted_gain_db`, and both channels are mixed with the same gains and scaled by the same factor).
+    Returns `(audio (B + num', C, samples), captions)`, num' = min(num, pairs available).
     """
+    if audio.ndim != 3:
+        raise ValueError(f"mix_augment takes audio of shape (batch, channels, samples), got {tuple(audio.shape)}")
     batch = audio.shape[0]
     pairs = [(i, j) for i in range(batch) for j in range(i + 1, batch)]
     if num <= 0 or not pairs:
         return audio, captions
     order = torch.randperm(len(pairs), generator=generator)[:num].tolist()
-    clips = audio[:, 0].float().cpu().numpy()
+    mono = audio.shape[1] == 1
+    clips = audio[:, 0].float().cpu().numpy() if mono else audio.float().cpu().numpy()  # (B, N) or (B, C, N)
     mixed = np.stack([mix_clips(clips[pairs[k][0]], clips[pairs[k][1]], rate) for k in order])
     target = peak if peak is not None else float(np.abs(clips).max())
     mixed = mixed * (target / (np.abs(mixed).max() + 1e-8))
     texts = [f"{captions[pairs[k][0]]} and {captions[pairs[k][1]][:1].lower()}{captions[pairs[k][1]][1:]}" for k in order]
-    return torch.cat([audio, torch.from_numpy(mixed)[:, None].to(audio)]), list(captions) + texts
+    mixed = torch.from_numpy(mixed)[:, None] if mono else torch.from_numpy(np.ascontiguousarray(mixed))
+    return torch.cat([audio, mixed.to(audio)]), list(captions) + texts
 
 
 def pick_caption(value, rng: np.random.Generator) -> str:
@@ -244,7 +287,7 @@ def pick_caption(value, rng: np.random.Generator) -> str:
 
 @dataclass
 class AudioExample:
-    waveform: np.ndarray  # (num_samples,) float32, mono, at the VAE's rate
+    waveform: np.ndarray  # float32 at the VAE's rate: (num_samples,) mono, or (2, num_samples) stereo
     caption: str
 
 
@@ -263,6 +306,9 @@ class AudioCaptionStream:
         random_crop (`bool`): random window of long clips (else their start).
         peak_normalize (`float`, *optional*): scale every window to this peak after removing its mean (see
             `prepare_waveform`).
+        channels (`int`): the VAE's audio channels, 1 (mono: sources averaged) or 2 (stereo: stereo sources kept,
+            mono sources duplicated to both channels and counted in `upmixed`, sources with more channels give their
+            first two); see `prepare_waveform`.
     """
 
     def __init__(
@@ -278,9 +324,11 @@ class AudioCaptionStream:
         base_dir: str | None = None,
         random_crop: bool = True,
         peak_normalize: float | None = None,
+        channels: int = 1,
     ):
         if shuffle_buffer_size < 1:
             raise ValueError(f"shuffle_buffer_size must be >= 1, got {shuffle_buffer_size}")
+        self.channels = _check_channels(channels)
         self.dataset = dataset
         self.audio_column, self.caption_column = audio_column, caption_column
         self.sampling_rate, self.num_samples = int(sampling_rate), int(num_samples)
@@ -289,6 +337,8 @@ class AudioCaptionStream:
         self.base_dir, self.random_crop, self.peak_normalize = base_dir, random_crop, peak_normalize
         self.epoch = 0
         self.skipped = 0  # records that failed to decode, over the whole run
+        self.upmixed = 0  # examples of a mono source duplicated to both channels (stereo only), over the whole run
+        self._upmix_logged = False
         self._block_index = 0
         self._block_start = None  # `datasets` state at the start of the current block; None = start of the epoch
         self._position = 0
@@ -306,6 +356,7 @@ class AudioCaptionStream:
             "shuffle_buffer_size": self.shuffle_buffer_size,
             "epoch": self.epoch,
             "skipped": self.skipped,
+            "upmixed": self.upmixed,
             "block_index": self._block_index,
             "block_start": copy.deepcopy(self._block_start),
             "position": self._position,
@@ -320,6 +371,7 @@ class AudioCaptionStream:
                     f"resume with the same --{name} to see the same batches"
                 )
         self.epoch, self.skipped = int(state["epoch"]), int(state["skipped"])
+        self.upmixed = int(state.get("upmixed", 0))  # absent from the state of a stream older than stereo support
         self._block_index, self._position = int(state["block_index"]), int(state["position"])
         self._block_start = copy.deepcopy(state["block_start"])
         self._decoded_in_epoch = int(state["decoded_in_epoch"])
@@ -365,7 +417,7 @@ class AudioCaptionStream:
             self._position += 1
             rng = np.random.default_rng([self.seed, self.rank, self.epoch, self._block_index, index])
             try:
-                example = self._decode(record, rng)
+                example, upmixed = self._decode(record, rng)
             except Exception as error:  # any unreadable record is skipped, whatever the decoder raised
                 self.skipped += 1
                 name = _describe(record, self.audio_column)
@@ -376,12 +428,25 @@ class AudioCaptionStream:
                 logger.log(level, "skipping a record that could not be decoded (%s): %s", name, error)
                 continue
             self._decoded_in_epoch += 1
+            if upmixed:
+                self.upmixed += 1
+                if not self._upmix_logged:
+                    self._upmix_logged = True
+                    logger.info(
+                        "mono source duplicated to both channels for the stereo teacher (%s); counted in the data "
+                        "stream state as 'upmixed', this one message only",
+                        _describe(record, self.audio_column),
+                    )
             return example
 
-    def _decode(self, record: dict, rng: np.random.Generator) -> AudioExample:
+    def _decode(self, record: dict, rng: np.random.Generator) -> tuple[AudioExample, bool]:
+        """-> (example, whether a mono source was duplicated to stereo)."""
         audio, rate = read_audio(record[self.audio_column], self.base_dir)
-        waveform = prepare_waveform(audio, rate, self.sampling_rate, self.num_samples, rng, self.random_crop, self.peak_normalize)
-        return AudioExample(waveform, pick_caption(record[self.caption_column], rng))
+        waveform = prepare_waveform(
+            audio, rate, self.sampling_rate, self.num_samples, rng, self.random_crop, self.peak_normalize, self.channels
+        )
+        upmixed = self.channels == 2 and audio.ndim == 2 and audio.shape[1] == 1
+        return AudioExample(waveform, pick_caption(record[self.caption_column], rng)), upmixed
 
     def check(self) -> None:
         """Before training: the stream has a record, with both columns, and some record decodes. Reads records from
@@ -405,9 +470,11 @@ class AudioCaptionStream:
         raise EmptyStreamError(f"the dataset stream is empty (process {self.rank})")
 
     def next_batch(self, batch_size: int) -> tuple[torch.Tensor, list[str]]:
-        """`(audio (batch_size, 1, num_samples) float32, captions)`."""
+        """`(audio (batch_size, channels, num_samples) float32, captions)`."""
         examples = [next(self) for _ in range(batch_size)]
-        audio = torch.from_numpy(np.stack([e.waveform for e in examples]))[:, None, :]
+        audio = torch.from_numpy(np.stack([e.waveform for e in examples]))
+        if audio.ndim == 2:  # mono examples are (num_samples,)
+            audio = audio[:, None, :]
         return audio, [e.caption for e in examples]
 
 
