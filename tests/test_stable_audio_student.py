@@ -113,7 +113,8 @@ def test_student_is_the_teacher_plus_emb_s_plus_emb_omega(teacher, student):
     # ... and the two terms do something: without them the student's output would be the teacher's, it is not.
     assert (out - teacher_plus(teacher, None, **x)).abs().amin(dim=(1, 2)).gt(0).all()
 
-    # The same with masks and explicit global states (passed through to the teacher's forward as they are).
+    # The same with a frame mask and explicit global states (passed through to the teacher's forward), and a text
+    # mask in Stable Audio's convention: masked tokens zeroed, not hidden from attention.
     g = torch.Generator().manual_seed(5)
     enc_mask = torch.ones(3, TOKENS, dtype=torch.long)
     enc_mask[0, 1:3] = 0
@@ -122,16 +123,29 @@ def test_student_is_the_teacher_plus_emb_s_plus_emb_omega(teacher, student):
     global_states = torch.randn(3, 1, 2 * TEXT, generator=g)
     kwargs = dict(encoder_attention_mask=enc_mask, attention_mask=frame_mask, global_hidden_states=global_states)
     out = student(**x, target_timestep=s, guidance_scale=omega, **kwargs).sample
-    ref = teacher_plus(
-        teacher,
-        extra,
-        **x,
-        encoder_attention_mask=enc_mask.bool(),
-        attention_mask=frame_mask,
-        global_hidden_states=global_states,
-    )
+    zeroed = dict(x, encoder_hidden_states=x["encoder_hidden_states"] * enc_mask[..., None])
+    ref = teacher_plus(teacher, extra, **zeroed, attention_mask=frame_mask, global_hidden_states=global_states)
     assert torch.equal(out, ref)
     assert not torch.equal(out, student(**x, target_timestep=s, guidance_scale=omega).sample)
+
+
+@torch.no_grad()
+def test_a_false_mask_zeroes_tokens_but_the_global_token_keeps_the_seconds(teacher, student):
+    """StableAudioPipeline's null condition (CFG without a negative prompt): an all-zero cross-attention sequence with
+    the real seconds as global states. The student's all-False mask is exactly that; the seconds come from the last
+    two tokens before they are zeroed."""
+    x = inputs()
+    s, omega = x["timestep"] * 0.5, torch.full((3,), 2.0)
+    enc = x["encoder_hidden_states"]
+    mask = torch.zeros(3, TOKENS, dtype=torch.bool)
+    out = student(**x, target_timestep=s, guidance_scale=omega, encoder_attention_mask=mask).sample
+    extra = teacher.timestep_proj(teacher.time_proj(s)) + guidance_scale_embedding(omega, TINY["num_attention_heads"] * TINY["attention_head_dim"])
+    ref = teacher_plus(
+        teacher, extra, x["hidden_states"], x["timestep"], torch.zeros_like(enc), global_hidden_states=stable_audio_global_states(enc)
+    )
+    assert torch.equal(out, ref)
+    with pytest.raises(ValueError, match="encoder_attention_mask must have shape"):
+        student(**x, target_timestep=s, guidance_scale=omega, encoder_attention_mask=mask[:, 1:])
 
 
 @torch.no_grad()

@@ -107,9 +107,12 @@ class SoundCTMStableAudioDiTModel(StableAudioDiTModel):
                 states.
             rotary_embedding (`tuple(torch.Tensor, torch.Tensor)`, *optional*): (cos, sin). Default: the pipeline's,
                 over `frames + 1` positions (see `stable_audio_rotary_embedding`).
-            encoder_attention_mask (`torch.Tensor` of shape `(batch, tokens)`, *optional*): True/1 = attend,
-                False/0 = padding (turned into a boolean mask; an all-True mask is dropped, the same result).
-                `StableAudioPipeline` passes none (it zeroes the padded T5 states instead).
+            encoder_attention_mask (`torch.Tensor` of shape `(batch, tokens)`, *optional*): Stable Audio's
+                convention, the one its teacher was trained and sampled with: a token where the mask is False/0 is
+                ZEROED and still attended (`StableAudioPipeline` passes no mask to the DiT; it multiplies the padded
+                T5 states by the tokenizer mask, and its unconditional half without a negative prompt is an all-zero
+                sequence whose global states keep the real seconds). The default global states are built from the
+                last two tokens BEFORE zeroing, so an all-False mask is that null condition. None: every token kept.
             attention_mask (`torch.Tensor` of shape `(batch, frames)`, *optional*): the same, for the latent frames.
             return_dict (`bool`, defaults to `True`): return a `Transformer2DModelOutput` rather than a tuple.
 
@@ -141,6 +144,11 @@ class SoundCTMStableAudioDiTModel(StableAudioDiTModel):
             )
             raise ValueError(f"encoder_hidden_states must have shape ({batch}, tokens, {width}), got {shape}")
 
+        mask = encoder_attention_mask
+        if mask is not None and (not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(encoder_hidden_states.shape[:2])):
+            got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f"encoder_attention_mask must have shape {tuple(encoder_hidden_states.shape[:2])}, got {got}")
+
         if global_hidden_states is None:
             if encoder_hidden_states.shape[1] < 2 or 2 * width != self.config.global_states_input_dim:
                 raise ValueError(
@@ -165,7 +173,8 @@ class SoundCTMStableAudioDiTModel(StableAudioDiTModel):
             mask = mask.to(device=device, dtype=torch.bool)
             return None if mask.all() else mask
 
-        encoder_attention_mask = as_mask(encoder_attention_mask, "encoder_attention_mask", encoder_hidden_states.shape[1])
+        if mask is not None:  # zeroed, not hidden from attention (see the docstring)
+            encoder_hidden_states = encoder_hidden_states * mask.to(device=device, dtype=encoder_hidden_states.dtype)[..., None]
         attention_mask = as_mask(attention_mask, "attention_mask", frames)
 
         timestep = _per_sample(timestep, "timestep", batch, device)
@@ -186,7 +195,6 @@ class SoundCTMStableAudioDiTModel(StableAudioDiTModel):
                 rotary_embedding=rotary_embedding,
                 return_dict=return_dict,
                 attention_mask=attention_mask,
-                encoder_attention_mask=encoder_attention_mask,
             )
         finally:
             handle.remove()

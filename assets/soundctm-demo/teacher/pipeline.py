@@ -111,20 +111,36 @@ class SoundCTMPipeline(DiffusionPipeline):
             packaged_encoder, packaged_tokenizer = load_packaged_text_encoder(text_encoder_package)
             text_encoder = packaged_encoder if text_encoder is None else text_encoder
             tokenizer = packaged_tokenizer if tokenizer is None else tokenizer
+        self.check_transformer(transformer)
         self.register_modules(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, scheduler=scheduler
         )
+        self.register_to_config(text_embedding=text_embedding, text_encoder_package=text_encoder_package)
+        self._register_defaults(guidance_scale, num_inference_steps)
+
+    def _register_defaults(self, guidance_scale, num_inference_steps) -> None:
+        """Checks and stores the model's own ω and step count (shared with the other families' pipelines)."""
         _check_finite_number(guidance_scale, "guidance_scale")
         if num_inference_steps is not None and (
             isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1
         ):
             raise ValueError(f"num_inference_steps must be an int >= 1 or None, got {num_inference_steps!r}")
         self.register_to_config(
-            text_embedding=text_embedding,
-            text_encoder_package=text_encoder_package,
             guidance_scale=float(guidance_scale),
             num_inference_steps=None if num_inference_steps is None else int(num_inference_steps),
         )
+
+    @classmethod
+    def check_transformer(cls, transformer) -> None:
+        """A model of another family's pipeline is refused, naming the pipeline to use: a Stable Audio DiT (its config
+        has `global_states_input_dim`) needs `SoundCTMStableAudioPipeline`."""
+        if transformer is not None and "global_states_input_dim" in transformer.config:
+            raise ValueError(
+                f"the transformer is a {type(transformer).__name__}, a Stable Audio Open model: {cls.__name__} samples "
+                "the SoundCTM DiT and UNet families; load it with SoundCTMStableAudioPipeline "
+                "(`soundctm.SoundCTMStableAudioPipeline.from_pretrained(folder)`, or "
+                "`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`)"
+            )
 
     # ------------------------------------------------------------------------------------------------ properties
     @property
@@ -165,6 +181,20 @@ class SoundCTMPipeline(DiffusionPipeline):
     @property
     def latent_frames(self) -> int:
         return self.latent_shape[1]
+
+    @property
+    def conditioning_width(self) -> int:
+        """Width of one conditioning token, what `prompt_embeds` must have."""
+        return int(self.transformer.config.cross_attention_dim)
+
+    def conditioning_kwargs(self, audio_length_in_s: float | None) -> dict:
+        """Extra arguments of `encode_text` for a call that generates `audio_length_in_s` seconds (None: the model's
+        length). None here: a prompt's conditioning does not depend on the length (Stable Audio's does)."""
+        return {}
+
+    def model_conditioning(self, embeds: torch.Tensor, mask: torch.Tensor | None) -> dict:
+        """The transformer's conditioning arguments for the text batch `embeds` with its `mask`."""
+        return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask}
 
     # ------------------------------------------------------------------------------------------------ text
     @torch.no_grad()
@@ -223,17 +253,19 @@ class SoundCTMPipeline(DiffusionPipeline):
         prompt_attention_mask: torch.Tensor | None = None,
         negative_prompt_attention_mask: torch.Tensor | None = None,
         return_attention_mask: bool = False,
+        **text_kwargs,
     ) -> tuple:
         """
         Returns `(prompt_embeds, negative_prompt_embeds)`, each `(batch * num_waveforms_per_prompt, tokens, width)`
         (one token unless `text_embedding="sequence"`); the negative ones are `None` unless `do_guidance`. The
         unconditional branch is the empty prompt "" unless `negative_prompt` is given. With `return_attention_mask`,
         also their masks: `(prompt_embeds, negative_prompt_embeds, prompt_mask, negative_mask)`, each mask
-        `(batch * num_waveforms_per_prompt, tokens)` bool or None (every token attended).
+        `(batch * num_waveforms_per_prompt, tokens)` bool or None (every token attended). `text_kwargs` go to
+        `encode_text` (`conditioning_kwargs`).
         """
         if prompt_embeds is None:
             prompt = [prompt] if isinstance(prompt, str) else list(prompt)
-            prompt_embeds, prompt_attention_mask = self.encode_text(prompt, device, return_mask=True)
+            prompt_embeds, prompt_attention_mask = self.encode_text(prompt, device, return_mask=True, **text_kwargs)
         else:
             prompt_embeds = _as_tokens(prompt_embeds).to(device)
         batch_size = prompt_embeds.shape[0]
@@ -244,7 +276,7 @@ class SoundCTMPipeline(DiffusionPipeline):
             elif isinstance(negative_prompt, str):
                 negative_prompt = [negative_prompt] * batch_size
             negative_prompt_embeds, negative_prompt_attention_mask = self.encode_text(
-                list(negative_prompt), device, return_mask=True
+                list(negative_prompt), device, return_mask=True, **text_kwargs
             )
         elif do_guidance:
             negative_prompt_embeds = _as_tokens(negative_prompt_embeds).to(device)
@@ -301,10 +333,9 @@ class SoundCTMPipeline(DiffusionPipeline):
             if prompt_embeds.shape[0] == 0:
                 raise ValueError("`prompt_embeds` has batch size 0")
             batch_size = prompt_embeds.shape[0]
-            if prompt_embeds.shape[-1] != self.transformer.config.cross_attention_dim:
+            if prompt_embeds.shape[-1] != self.conditioning_width:
                 raise ValueError(
-                    f"`prompt_embeds` has width {prompt_embeds.shape[-1]}, the transformer expects "
-                    f"{self.transformer.config.cross_attention_dim}"
+                    f"`prompt_embeds` has width {prompt_embeds.shape[-1]}, the transformer expects {self.conditioning_width}"
                 )
 
         if negative_prompt is not None and negative_prompt_embeds is not None:
@@ -321,7 +352,7 @@ class SoundCTMPipeline(DiffusionPipeline):
             else:
                 raise TypeError(f"`negative_prompt` must be a str or a list of str, got {type(negative_prompt).__name__}")
         if negative_prompt_embeds is not None:
-            width = self.transformer.config.cross_attention_dim
+            width = self.conditioning_width
             if (
                 not isinstance(negative_prompt_embeds, torch.Tensor)
                 or negative_prompt_embeds.ndim not in (2, 3)
@@ -508,6 +539,7 @@ class SoundCTMPipeline(DiffusionPipeline):
             prompt_attention_mask,
             negative_prompt_attention_mask,
             return_attention_mask=True,
+            **self.conditioning_kwargs(audio_length_in_s),
         )
 
         if is_student:
@@ -531,7 +563,7 @@ class SoundCTMPipeline(DiffusionPipeline):
                 (negative_prompt_embeds, negative_prompt_attention_mask), (prompt_embeds, prompt_attention_mask)
             )
 
-        embeds, mask = conditioning()
+        model_conditioning = self.model_conditioning(*conditioning())
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
@@ -545,9 +577,8 @@ class SoundCTMPipeline(DiffusionPipeline):
                 model_output = self.transformer(
                     model_input,
                     timestep=t.expand(model_batch),
-                    encoder_hidden_states=embeds,
-                    encoder_attention_mask=mask,
                     return_dict=False,
+                    **model_conditioning,
                     **student_inputs,
                 )[0].float()
                 if do_guidance:
@@ -563,7 +594,7 @@ class SoundCTMPipeline(DiffusionPipeline):
                     if "prompt_embeds" in callback_outputs or "negative_prompt_embeds" in callback_outputs:
                         prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
                         negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
-                        embeds, mask = conditioning()
+                        model_conditioning = self.model_conditioning(*conditioning())
                 progress_bar.update()
 
         if output_type == "latent":
@@ -658,7 +689,12 @@ def write_code_files(pipe: DiffusionPipeline, folder: str | os.PathLike) -> list
     # imports (`from .pipeline import ...`) from beside it, so those come too.
     # (Not for code loaded from a folder: diffusers' module cache beside it may hold other folders' files.)
     source_dir = os.path.dirname(pipeline_source)
-    companions = [] if _is_dynamic_class(type(pipe)) else sorted(glob.glob(os.path.join(source_dir, "pipeline_soundctm_*.py")))
+    # Only SoundCTMPipeline's own folders: the companions are its subclasses (another family's pipeline has none).
+    companions = (
+        sorted(glob.glob(os.path.join(source_dir, "pipeline_soundctm_*.py")))
+        if pipeline_file == "pipeline.py" and not _is_dynamic_class(type(pipe))
+        else []
+    )
     siblings = {pipeline_file, *(os.path.basename(path) for path in companions)}
     for path in [pipeline_source, *companions]:
         siblings.update(f"{module}.py" for module in get_relative_imports(path))
