@@ -20,10 +20,19 @@ import os
 from abc import ABC, abstractmethod
 
 import torch
-from diffusers import StableAudioDiTModel, UNet2DConditionModel
+from diffusers import DiffusionPipeline, StableAudioDiTModel, UNet2DConditionModel
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 
-from soundctm import CTMScheduler, SoundCTMDiTModel, SoundCTMPipeline, SoundCTMUNet2DConditionModel
+from soundctm import (
+    AutoencoderOobleckSoundCTM,
+    CTMScheduler,
+    EDMHeunScheduler,
+    SoundCTMDiTModel,
+    SoundCTMPipeline,
+    SoundCTMStableAudioDiTModel,
+    SoundCTMStableAudioPipeline,
+    SoundCTMUNet2DConditionModel,
+)
 from soundctm.pipeline import concat_conditioning
 
 TEACHER_CLASSES = (SoundCTMDiTModel, UNet2DConditionModel, StableAudioDiTModel)
@@ -303,7 +312,7 @@ def make_teacher(transformer, scheduler, max_batch_size: int | None = None) -> D
     if isinstance(transformer, SoundCTMDiTModel):
         return SoundCTMTeacher(transformer, scheduler, max_batch_size)
     if isinstance(transformer, StableAudioDiTModel):
-        return StableAudioTeacher(transformer, scheduler, max_batch_size)
+        return StableAudioTeacher(transformer, scheduler, max_batch_size)  # v-prediction, Stable Audio Open's
     if isinstance(transformer, UNet2DConditionModel):
         return UNetTeacher(transformer, scheduler, max_batch_size)
     raise ValueError(f"the teacher is a {type(transformer).__name__}; the supported teacher families are {TEACHER_FAMILIES}")
@@ -312,14 +321,17 @@ def make_teacher(transformer, scheduler, max_batch_size: int | None = None) -> D
 def make_student(teacher_transformer, sample_size: int, seed: int = 0):
     """
     The student θ of the teacher's family, from the teacher's weights in fp32, generating `sample_size` latent
-    frames: a `SoundCTMDiTModel(is_student=True)` (the s and ω inputs add no parameters) or a
-    `SoundCTMUNet2DConditionModel` (the UNet plus `s_time_embedding`, its one new module, default-initialised from
-    torch's RNG seeded with `seed`, so that a run, and a resumed one, starts from the same student).
+    frames: a `SoundCTMDiTModel(is_student=True)` or a `SoundCTMStableAudioDiTModel` (the s and ω inputs add no
+    parameters), or a `SoundCTMUNet2DConditionModel` (the UNet plus `s_time_embedding`, its one new module,
+    default-initialised from torch's RNG seeded with `seed`, so that a run, and a resumed one, starts from the same
+    student).
     """
     if isinstance(teacher_transformer, SoundCTMDiTModel):
         student = SoundCTMDiTModel.from_config(teacher_transformer.config, is_student=True, sample_size=sample_size)
         student.load_state_dict({k: v.float() for k, v in teacher_transformer.state_dict().items()})
         return student
+    if isinstance(teacher_transformer, StableAudioDiTModel):
+        return SoundCTMStableAudioDiTModel.from_teacher(teacher_transformer, sample_size=sample_size).float()
     bins = list(teacher_transformer.config.sample_size)[1:]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -327,32 +339,78 @@ def make_student(teacher_transformer, sample_size: int, seed: int = 0):
 
 
 def student_last_layer(student) -> torch.nn.Module:
-    """θ_L of λ_DSM (Appendix D): the layer that outputs F."""
-    return student.postprocess_conv if isinstance(student, SoundCTMDiTModel) else student.conv_out
+    """θ_L of λ_DSM (Appendix D): the layer that outputs F (Stable Audio's 1×1 `postprocess_conv` adds its input
+    back, which does not change the gradient of its weight)."""
+    if isinstance(student, (SoundCTMDiTModel, StableAudioDiTModel)):
+        return student.postprocess_conv
+    return student.conv_out
+
+
+TEACHER_PIPELINES = ("SoundCTMPipeline", "SoundCTMStableAudioPipeline", "StableAudioPipeline")
+
+
+def stable_audio_teacher_pipeline(name_or_path: str, revision: str | None = None, cache_dir: str | None = None) -> SoundCTMStableAudioPipeline:
+    """
+    Stable Audio Open (`stabilityai/stable-audio-open-1.0`, or any `StableAudioPipeline` folder) as a SoundCTM
+    teacher pipeline: its DiT, T5, projection model and tokenizer as they are, its VAE as `AutoencoderOobleckSoundCTM`
+    (the same weights), and `EDMHeunScheduler` with the σ range, σ_data and prediction type of its
+    `CosineDPMSolverMultistepScheduler` config and c_noise = atan(σ)·2/π. Components are loaded one by one, so the
+    `torchsde` package that Stable Audio's own scheduler imports is not needed.
+    """
+    from diffusers import StableAudioProjectionModel
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    kwargs = {"revision": revision, "cache_dir": cache_dir}
+    scheduler_config = EDMHeunScheduler.load_config(name_or_path, subfolder="scheduler", **kwargs)
+    scheduler = EDMHeunScheduler(
+        **StableAudioTeacher.edm_settings(scheduler_config),
+        prediction_type=scheduler_config.get("prediction_type", "v_prediction"),
+        noise_conditioning="atan",
+    )
+    return SoundCTMStableAudioPipeline(
+        vae=AutoencoderOobleckSoundCTM.from_pretrained(name_or_path, subfolder="vae", **kwargs),
+        text_encoder=T5EncoderModel.from_pretrained(name_or_path, subfolder="text_encoder", **kwargs),
+        projection_model=StableAudioProjectionModel.from_pretrained(name_or_path, subfolder="projection_model", **kwargs),
+        tokenizer=AutoTokenizer.from_pretrained(name_or_path, subfolder="tokenizer", **kwargs),
+        transformer=StableAudioDiTModel.from_pretrained(name_or_path, subfolder="transformer", **kwargs),
+        scheduler=scheduler,
+    )
 
 
 def load_teacher_pipeline(name_or_path: str, revision: str | None = None, cache_dir: str | None = None) -> SoundCTMPipeline:
     """
-    Loads a SoundCTM teacher pipeline (a Hub id or a folder written by `save_pretrained`) and checks that it is one:
-    a `SoundCTMPipeline` whose transformer is a `SoundCTMDiTModel` in teacher mode, with an EDM scheduler config.
-    Raises `ValueError` naming `--pretrained_teacher_model` otherwise.
+    Loads a teacher pipeline (a Hub id or a local folder) and checks that it is one; the family is read from its
+    `model_index.json`: a `SoundCTMPipeline` teacher (SoundCTM DiT or UNet), a `SoundCTMStableAudioPipeline` teacher,
+    or a diffusers `StableAudioPipeline` (Stable Audio Open, `stable_audio_teacher_pipeline`). Its transformer must be a
+    teacher (not a student) with an EDM scheduler config. Raises `ValueError` naming `--pretrained_teacher_model`
+    otherwise.
     """
     where = f"--pretrained_teacher_model {name_or_path!r}"
     if os.path.isdir(name_or_path):
-        index_path = os.path.join(name_or_path, "model_index.json")
-        if not os.path.isfile(index_path):
+        if not os.path.isfile(os.path.join(name_or_path, "model_index.json")):
             raise ValueError(f"{where} is a folder without model_index.json: not a diffusers pipeline folder")
-        with open(index_path) as f:
-            class_name = json.load(f).get("_class_name")
-        class_name = class_name[-1] if isinstance(class_name, list) else class_name
-        if class_name != SoundCTMPipeline.__name__:
-            raise ValueError(f"{where} is a {class_name} folder; a SoundCTMPipeline teacher is needed")
     elif os.path.exists(name_or_path) or name_or_path.count("/") != 1:
         raise ValueError(f"{where} is neither a pipeline folder nor a Hub repo id ('owner/name')")
     try:
-        pipe = SoundCTMPipeline.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
+        # DiffusionPipeline's reader: SoundCTMPipeline's own rewrites the class name to its own
+        index = DiffusionPipeline.load_config(name_or_path, revision=revision, cache_dir=cache_dir)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{where}: could not read its model_index.json: {error}") from error
+    class_name = index.get("_class_name")
+    class_name = class_name[-1] if isinstance(class_name, list) else class_name
+    if class_name not in TEACHER_PIPELINES:
+        raise ValueError(
+            f"{where} is a {class_name} folder; the supported teacher pipelines are {', '.join(TEACHER_PIPELINES)} "
+            f"(teacher families: {TEACHER_FAMILIES})"
+        )
+    try:
+        if class_name == "StableAudioPipeline":
+            pipe = stable_audio_teacher_pipeline(name_or_path, revision, cache_dir)
+        else:
+            pipeline_class = SoundCTMStableAudioPipeline if class_name == "SoundCTMStableAudioPipeline" else SoundCTMPipeline
+            pipe = pipeline_class.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ValueError(f"{where} could not be loaded as a SoundCTMPipeline: {error}") from error
+        raise ValueError(f"{where} could not be loaded as a {class_name}: {error}") from error
     if not isinstance(pipe.transformer, TEACHER_CLASSES):
         raise ValueError(
             f"{where}: the transformer is a {type(pipe.transformer).__name__}; the supported teacher families are "

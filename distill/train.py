@@ -268,8 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--validation_nu", type=float, default=1.0, help="ν of the validation samples.")
     # ----------Hub----------
-    parser.add_argument("--push_to_hub", action="store_true", help="Upload the student pipeline at the end.")
-    parser.add_argument("--hub_model_id", type=str, default=None, help="Repo id (default: the output folder's name).")
+    parser.add_argument(
+        "--push_to_hub", action="store_true", help="Upload the student pipeline with its model card at the end (as hub.publish)."
+    )
+    parser.add_argument(
+        "--hub_model_id", type=str, default=None, help="Repo id owner/name (default: the output folder's name, under your user)."
+    )
     parser.add_argument("--hub_token", type=str, default=None, help="Prefer `hf auth login`.")
     return parser
 
@@ -468,6 +472,7 @@ def ctm_batch(
     generator: torch.Generator,
     timer: PhaseTimer,
     latent_cache: PosteriorCache | None = None,
+    text_kwargs: dict | None = None,
 ) -> CTMBatch:
     """
     Lines 2-10 of Algorithm 2: latents, caption dropout, (t, u, s) and ω, the teacher's solve t → u and the target
@@ -476,6 +481,7 @@ def ctm_batch(
     `shared_generator` draws what every process must agree on (k, so that all ranks do the same work);
     `generator` draws the rest, per process. Both live on the CPU: a run is reproducible on any device.
     `latent_cache`, if given, supplies the posteriors of clips it has seen (the same sample is drawn from them).
+    `text_kwargs` go to `pipe.encode_text` (`pipe.conditioning_kwargs`: Stable Audio's seconds conditioning).
     """
     device, batch = accelerator.device, audio.shape[0]
     vae, num_timesteps = pipe.vae, sigmas.shape[0]
@@ -491,7 +497,7 @@ def ctm_batch(
     # 4: c_text <- ∅ with probability p_uncond.
     captions = drop_captions(captions, args.p_uncond, generator)
     with timer("text_encode"):
-        cond, cond_mask = pipe.encode_text(captions, device, return_mask=True)
+        cond, cond_mask = pipe.encode_text(captions, device, return_mask=True, **(text_kwargs or {}))
     uncond = uncond_embeds[0].expand(batch, -1, -1)
     uncond_mask = None if uncond_embeds[1] is None else uncond_embeds[1].expand(batch, -1)
     # 5-8: ε, (t, u, s) on the grid, ω; the DSM noise level σ with its own ε.
@@ -693,15 +699,13 @@ def load_train_state(path: str, accelerator: Accelerator) -> dict:
 
 # ================================================================================================ validation
 def student_pipeline(pipe: SoundCTMPipeline, transformer: SoundCTMDiTModel, scheduler: CTMScheduler) -> SoundCTMPipeline:
-    """The teacher's VAE and text encoder with a student transformer and the CTM scheduler."""
-    student_pipe = SoundCTMPipeline(
-        vae=pipe.vae,
-        text_encoder=pipe.text_encoder,
-        tokenizer=pipe.tokenizer,
-        transformer=transformer,
-        scheduler=CTMScheduler.from_config(scheduler.config),
-        text_embedding=pipe.config.text_embedding,
-        guidance_scale=pipe.default_guidance_scale,  # the teacher's own ω is the student's default
+    """The teacher pipeline's class, VAE and text conditioning with a student transformer and the CTM scheduler; the
+    teacher's own ω is the student's default (the teacher's step count is not)."""
+    _, settings = type(pipe)._get_signature_keys(pipe)
+    config = {k: pipe.config[k] for k in settings if k in pipe.config and k not in ("text_encoder_package", "num_inference_steps")}
+    student_pipe = type(pipe)(
+        **{**pipe.components, "transformer": transformer, "scheduler": CTMScheduler.from_config(scheduler.config)},
+        **{**config, "guidance_scale": pipe.default_guidance_scale},
     )
     student_pipe.set_progress_bar_config(disable=True)
     return student_pipe
@@ -745,8 +749,11 @@ def exported_student(target: SoundCTMDiTModel, export_ema: EMAModel | None) -> S
 
 
 # ================================================================================================ data
-def open_stream(args, accelerator: Accelerator, sampling_rate: int, num_samples: int, seed: int) -> AudioCaptionStream:
-    """This process's part of the dataset as a stream of mono clips of `num_samples` at `sampling_rate`."""
+def open_stream(
+    args, accelerator: Accelerator, sampling_rate: int, num_samples: int, seed: int, channels: int = 1
+) -> AudioCaptionStream:
+    """This process's part of the dataset as a stream of clips of `num_samples` at `sampling_rate`, mono or (for a
+    stereo VAE, `channels=2`) stereo."""
     dataset, base_dir = open_audio_caption_dataset(
         args.dataset_name,
         args.audio_column,
@@ -770,6 +777,7 @@ def open_stream(args, accelerator: Accelerator, sampling_rate: int, num_samples:
         base_dir=base_dir,
         random_crop=args.random_crop,
         peak_normalize=args.peak_normalize,
+        channels=channels,
     )
 
 
@@ -779,7 +787,8 @@ def compute_latent_stats(accelerator, args, pipe, num_samples) -> tuple[list[flo
     """Per-channel mean and standard deviation of the VAE's posterior means over `latent_stats_samples` records (the
     first ones of a fresh pass; every process reads its own part), for `standardize`."""
     vae, device = pipe.vae, accelerator.device
-    stream = open_stream(args, accelerator, vae.config.sampling_rate, num_samples, seed=args.seed + 1)
+    channels = getattr(vae.config, "audio_channels", 1)
+    stream = open_stream(args, accelerator, vae.config.sampling_rate, num_samples, seed=args.seed + 1, channels=channels)
     per_process = math.ceil(args.latent_stats_samples / accelerator.num_processes)
     sums = torch.zeros(3, vae.config.latent_dim, dtype=torch.float64, device=device)
     done = 0
@@ -795,6 +804,72 @@ def compute_latent_stats(accelerator, args, pipe, num_samples) -> tuple[list[flo
     if bool((std < 1e-3 * std.max()).any()):
         logger.warning(f"some latent channels barely vary (std {std.tolist()}): standardising will amplify them")
     return mean.tolist(), std.tolist()
+
+
+# ================================================================================================ model card, Hub
+def is_hub_id(name: str | None) -> bool:
+    return bool(name) and not os.path.exists(name) and name.count("/") == 1 and not name.startswith((".", "/", "~"))
+
+
+def teacher_license(teacher: str) -> str | None:
+    """The license in the teacher's model card (its folder's README.md, or the Hub repo's card), which a student made
+    from its weights inherits; None when the card cannot be read."""
+    from huggingface_hub import ModelCard
+
+    try:
+        card = ModelCard.load(os.path.join(teacher, "README.md") if os.path.isdir(teacher) else teacher)
+    except Exception:  # no card, no network: the caller says so
+        return None
+    return card.data.to_dict().get("license")
+
+
+def student_card_facts(args, total_batch_size: int | None = None):
+    """`hub.model_card.CardFacts` of the distilled student: the teacher as base model (and its license), the dataset,
+    the run's settings in words."""
+    from hub.model_card import CardFacts
+
+    license = teacher_license(args.pretrained_teacher_model)
+    if license is None:
+        logger.warning(
+            f"could not read the license of {args.pretrained_teacher_model}'s model card: the student's card says 'other'; "
+            "set the student's license (it derives from the teacher's weights) with `python -m hub.model_card --license`"
+        )
+    teacher_name = args.pretrained_teacher_model if is_hub_id(args.pretrained_teacher_model) else Path(args.pretrained_teacher_model).name
+    batch = f", batch {total_batch_size}" if total_batch_size else ""
+    return CardFacts(
+        title=f"SoundCTM student of {teacher_name}",
+        license=license or "other",
+        base_model=args.pretrained_teacher_model if is_hub_id(args.pretrained_teacher_model) else None,
+        datasets=[args.dataset_name] if is_hub_id(args.dataset_name) else [],
+        training_data=(
+            f"distilled from {teacher_name} on {args.dataset_name if is_hub_id(args.dataset_name) else 'a local dataset'} with "
+            f"distill/train.py: {args.max_train_steps} steps{batch}, ω ~ U[{args.omega_min:g}, {args.omega_max:g}], "
+            f"{args.num_timesteps}-point grid, {args.ctm_distance} distance"
+        ),
+        origin=f"Distilled with this project's distill/train.py from {teacher_name}.",
+        repo_id=args.hub_model_id,
+    )
+
+
+def push_student(args, upload_fn=None) -> str:
+    """Uploads the exported student as `hub.publish` does: weights, configs, the package's code files and the model
+    card (the run's `checkpoint-*` states and logs stay local). The repo is `--hub_model_id`, or the output folder's
+    name under the logged-in user. Returns the commit URL."""
+    import tempfile
+
+    from hub.model_card import CardFacts
+    from hub.publish import export_repo, upload
+
+    repo_id = args.hub_model_id
+    if not repo_id or "/" not in repo_id:
+        from huggingface_hub import HfApi
+
+        repo_id = f"{HfApi(token=args.hub_token).whoami()['name']}/{repo_id or Path(args.output_dir).name}"
+    facts = CardFacts.from_card(os.path.join(args.output_dir, "README.md")).updated(repo_id=repo_id)
+    with tempfile.TemporaryDirectory(prefix="soundctm-push-") as scratch:
+        export_dir = export_repo(args.output_dir, Path(scratch) / "repo", facts)
+        url = (upload_fn or upload)(export_dir, repo_id, token=args.hub_token, commit_message="SoundCTM student (distill/train.py)")
+    return url
 
 
 # ================================================================================================ main
@@ -827,21 +902,22 @@ def main(args: argparse.Namespace) -> str:
     with accelerator.main_process_first():
         pipe = load_teacher_pipeline(args.pretrained_teacher_model, args.revision, args.cache_dir)
     pipe.set_progress_bar_config(disable=True)
-    for module in (pipe.vae, pipe.text_encoder, pipe.transformer):
-        module.requires_grad_(False)
-        module.eval()
+    for module in pipe.components.values():  # VAE, text encoder (and Stable Audio's projection model), transformer
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False).eval().to(device)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    pipe.vae.to(device)
-    pipe.text_encoder.to(device)
-    pipe.transformer.to(device)
     if weight_dtype != torch.float32:
         pipe.transformer.to(dtype=weight_dtype)
+    # The CTM scheduler of the teacher's family: its σ range, σ_data and preconditioning (Stable Audio Open: σ in
+    # [0.3, 500], σ_data 1, v-prediction, c_noise = atan(σ)·2/π).
     teacher_config = pipe.scheduler.config
     scheduler = CTMScheduler(
         sigma_min=teacher_config.sigma_min,
         sigma_max=teacher_config.sigma_max,
         sigma_data=teacher_config.sigma_data,
         rho=teacher_config.rho,
+        prediction_type=teacher_config.get("prediction_type", "epsilon"),
+        noise_conditioning=teacher_config.get("noise_conditioning", "edm"),
     )
     teacher = make_teacher(pipe.transformer, scheduler, max_batch_size=args.teacher_batch_size)
     if abs(pipe.vae.config.scaling_factor - scheduler.config.sigma_data) > 1e-6:
@@ -854,6 +930,9 @@ def main(args: argparse.Namespace) -> str:
     sample_size = training_length(args, pipe.transformer.config, pipe.vae)
     check_vae_length(pipe.vae, sample_size, pipe.transformer.config, device)
     num_samples = sample_size * pipe.vae.hop_length
+    channels = getattr(pipe.vae.config, "audio_channels", 1)
+    # what the prompt conditioning depends on besides the text: Stable Audio's seconds (0 to the clip's length)
+    text_kwargs = pipe.conditioning_kwargs(num_samples / pipe.vae.config.sampling_rate)
 
     # 3. The student θ (the teacher plus s and ω inputs, from the teacher's weights) and its EMA target sg(θ).
     student = make_student(pipe.transformer, sample_size, seed=args.seed).to(device).train()
@@ -870,7 +949,7 @@ def main(args: argparse.Namespace) -> str:
     last_layer_input = LayerInput(student_last_layer(student))  # θ_L of λ_DSM: the layer that outputs F
 
     # 4. Data: this process's part of the stream.
-    stream = open_stream(args, accelerator, pipe.vae.config.sampling_rate, num_samples, seed=args.seed)
+    stream = open_stream(args, accelerator, pipe.vae.config.sampling_rate, num_samples, seed=args.seed, channels=channels)
     stream.check()  # an empty stream, missing columns or undecodable audio fail here, before any training
 
     checkpoint = resolve_checkpoint(args)
@@ -924,7 +1003,7 @@ def main(args: argparse.Namespace) -> str:
     accelerator.register_load_state_pre_hook(load_model_hook)
 
     sigmas = torch.from_numpy(scheduler.karras_sigmas(args.num_timesteps)).float().to(device)
-    uncond_embeds = pipe.encode_text([""], device, return_mask=True)
+    uncond_embeds = pipe.encode_text([""], device, return_mask=True, **text_kwargs)
     shared_generator = torch.Generator().manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed + 1000 * (1 + accelerator.process_index))
 
@@ -986,6 +1065,7 @@ def main(args: argparse.Namespace) -> str:
                     generator=generator,
                     timer=timer,
                     latent_cache=latent_cache,
+                    text_kwargs=text_kwargs,
                 )
                 logs = student_backward(
                     batch,
@@ -1018,7 +1098,8 @@ def main(args: argparse.Namespace) -> str:
         seconds = time.perf_counter() - step_start
         data_state = batches.state_dict()
         values = torch.tensor(
-            [step_logs[k] for k in ("loss", "loss_ctm", "loss_dsm", "lambda_dsm")] + [float(data_state["skipped"])],
+            [step_logs[k] for k in ("loss", "loss_ctm", "loss_dsm", "lambda_dsm")]
+            + [float(data_state["skipped"]), float(data_state.get("upmixed", 0))],
             device=device,
             dtype=torch.float64,
         )
@@ -1033,6 +1114,7 @@ def main(args: argparse.Namespace) -> str:
             "train/heun_steps": step_logs["heun_steps"],
             "train/lr": lr_scheduler.get_last_lr()[0],
             "data/skipped_records": values[4].item(),
+            "data/mono_upmixed": values[5].item(),
             "data/epoch": data_state["epoch"],
             "speed/samples_per_second": total_batch / seconds,
             "speed/seconds_per_step": seconds,
@@ -1066,20 +1148,12 @@ def main(args: argparse.Namespace) -> str:
     if accelerator.is_main_process:
         exported = student_pipeline(pipe, exported_student(target, export_ema), scheduler)
         exported.save_pretrained(args.output_dir)
-        logger.info(f"saved the student pipeline to {args.output_dir}")
-        if args.push_to_hub:
-            from huggingface_hub import create_repo, upload_folder
+        from hub.model_card import write_model_card
 
-            repo_id = create_repo(
-                repo_id=args.hub_model_id or Path(args.output_dir).name, exist_ok=True, token=args.hub_token
-            ).repo_id
-            upload_folder(
-                repo_id=repo_id,
-                folder_path=args.output_dir,
-                commit_message="SoundCTM student (distill/train.py)",
-                ignore_patterns=["checkpoint-*", f"{args.logging_dir}/*", "*.partial/*"],
-                token=args.hub_token,
-            )
+        write_model_card(args.output_dir, student_card_facts(args, total_batch))
+        logger.info(f"saved the student pipeline to {args.output_dir}, with its model card (README.md)")
+        if args.push_to_hub:
+            logger.info(f"pushed the student to the Hub: {push_student(args)}")
     accelerator.end_training()
     return args.output_dir
 

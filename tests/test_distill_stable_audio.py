@@ -2,13 +2,21 @@
 preconditioning, c_noise = atan(σ)·2/π, σ_data 1, T5 text plus seconds conditioning), on tiny random components built
 in code and assembled into a diffusers `StableAudioPipeline`: the adapter's denoiser is the one the pipeline samples
 (its scheduler's preconditioning, the conditioning the pipeline gives the DiT), its guided Euler solve ends where the
-pipeline does on the same σ grid, and its d_teacher features."""
+pipeline does on the same σ grid, and its d_teacher features; then `accelerate launch distill/train.py` on a saved
+StableAudioPipeline folder (read as a teacher by its model_index.json), resumed once, and a learning test."""
 
+import argparse
+import inspect
 import math
+from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import tiny_text_encoder
+from safetensors.torch import load_file
+from test_distill_data import write_dataset
+from test_distill_train import audio_folder_or_manifest, distil_and_resume, launch
+from tiny_models import tiny_stable_audio_pipeline as tiny_soundctm_stable_audio
+from tiny_models import tiny_stable_audio_dit, tiny_text_encoder
 
 from diffusers import (
     AutoencoderOobleck,
@@ -20,13 +28,22 @@ from diffusers import (
     UNet2DModel,
 )
 from distill.losses import append_dims
-from distill.teacher import StableAudioTeacher, make_teacher, stable_audio_conditioning
-from soundctm import CTMScheduler, SoundCTMStableAudioDiTModel
+from distill.teacher import StableAudioTeacher, load_teacher_pipeline, make_student, make_teacher, stable_audio_conditioning
+from distill.train import push_student, student_pipeline
+from soundctm import (
+    AutoencoderOobleckSoundCTM,
+    CTMScheduler,
+    EDMHeunScheduler,
+    SoundCTMPipeline,
+    SoundCTMStableAudioDiTModel,
+    SoundCTMStableAudioPipeline,
+)
 
 CPU = torch.device("cpu")
 LATENT, FRAMES, COND = 4, 16, 12
 PROMPTS = ["a dog barks", "rain falls on a roof now"]
 START, END = 1.0, 5.0
+LEARNING_STEPS = "300"
 
 
 def gen(seed):
@@ -46,24 +63,7 @@ class StableAudioEulerScheduler(EDMEulerScheduler):
 
 def tiny_stable_audio_pipeline(seed: int = 0) -> StableAudioPipeline:
     text_encoder, tokenizer, width = tiny_text_encoder("sequence", seed)
-    torch.manual_seed(seed)
-    transformer = StableAudioDiTModel(
-        sample_size=FRAMES,
-        in_channels=LATENT,
-        num_layers=2,
-        attention_head_dim=8,
-        num_attention_heads=4,
-        num_key_value_attention_heads=2,
-        out_channels=LATENT,
-        cross_attention_dim=16,
-        time_proj_dim=16,
-        global_states_input_dim=2 * COND,
-        cross_attention_input_dim=COND,
-    )
-    g = gen(seed + 1)
-    with torch.no_grad():
-        for p in transformer.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    transformer = tiny_stable_audio_dit(COND, seed, frames=FRAMES)
     vae = AutoencoderOobleck(
         encoder_hidden_size=6,
         downsampling_ratios=[1, 2],
@@ -208,3 +208,123 @@ def test_a_stable_audio_student_is_refused_as_the_teacher(pipe):
     student = SoundCTMStableAudioDiTModel.from_config(pipe.transformer.config)
     with pytest.raises(ValueError, match="not a student.*SoundCTMStableAudioDiTModel"):
         make_teacher(student, CTMScheduler(sigma_min=0.3, sigma_max=500.0, sigma_data=1.0))
+
+
+# ------------------------------------------------------------------------------------------------ the trainer
+def save_stable_audio_open_folder(path) -> None:
+    """A tiny `StableAudioPipeline` folder as `stabilityai/stable-audio-open-1.0` is laid out: diffusers' own classes
+    (`AutoencoderOobleck`, `StableAudioDiTModel`, `CosineDPMSolverMultistepScheduler` with its default config), a T5
+    encoder and tokenizer, the projection model; 44.1 kHz stereo, 8 latent frames of hop 4."""
+    sa = tiny_soundctm_stable_audio(student=False)
+    vae = AutoencoderOobleck(**{k: sa.vae.config[k] for k in inspect.signature(AutoencoderOobleck.__init__).parameters if k in sa.vae.config})
+    vae.load_state_dict(sa.vae.state_dict())
+    components = {k: v for k, v in sa.components.items() if k not in ("vae", "scheduler")}
+    StableAudioPipeline(vae=vae, scheduler=CosineDPMSolverMultistepScheduler(), **components).save_pretrained(str(path))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill_stable_audio")
+    save_stable_audio_open_folder(root / "teacher")
+    write_dataset(str(root / "wavs"))  # mono and stereo WAVs at 16-48 kHz, and a corrupt file
+    return root
+
+
+def test_a_stable_audio_open_folder_is_read_as_a_soundctm_teacher_pipeline(workdir):
+    """The family comes from model_index.json; the teacher pipeline has Stable Audio's DiT, T5, projection model and
+    the VAE's weights as they are, EDM Heun with the Cosine scheduler's σ range, σ_data, v-prediction and atan
+    c_noise, and the conditioning of a diffusers StableAudioPipeline ("" = its null input)."""
+    pipe = load_teacher_pipeline(str(workdir / "teacher"))
+    assert isinstance(pipe, SoundCTMStableAudioPipeline) and type(pipe.transformer) is StableAudioDiTModel
+    assert isinstance(pipe.vae, AutoencoderOobleckSoundCTM) and pipe.vae.config.audio_channels == 2
+    assert isinstance(pipe.scheduler, EDMHeunScheduler)
+    expected = dict(sigma_min=0.3, sigma_max=500.0, sigma_data=1.0, prediction_type="v_prediction", noise_conditioning="atan")
+    assert {k: pipe.scheduler.config[k] for k in expected} == expected
+    reference = StableAudioPipeline.from_pretrained(str(workdir / "teacher"))
+    for name in ("transformer", "vae", "text_encoder", "projection_model"):
+        ours, theirs = getattr(pipe, name).state_dict(), getattr(reference, name).state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    seconds = pipe.max_audio_length_in_s
+    embeds, mask = pipe.encode_text(PROMPTS, CPU, return_mask=True, audio_length_in_s=seconds)
+    ref_embeds, ref_mask = stable_audio_conditioning(reference, PROMPTS, 0.0, seconds, CPU)
+    torch.testing.assert_close(embeds, ref_embeds, rtol=1e-6, atol=1e-6)
+    assert torch.equal(mask, ref_mask)
+    null, null_mask = pipe.encode_text(["", ""], CPU, return_mask=True, audio_length_in_s=seconds)
+    assert torch.equal(null[:, -2:], ref_embeds[:, -2:]) and not null_mask.any()  # seconds kept for the global token
+
+
+def test_a_stable_audio_open_teacher_distils_resumes_bit_exactly_and_exports_a_stereo_student(workdir):
+    common = (*audio_folder_or_manifest(workdir), "--train_batch_size", "2", "--max_heun_steps", "3", "--omega_min", "3",
+              "--omega_max", "7", "--shuffle_buffer_size", "1", "--checkpointing_steps", "2", "--no-random_crop")  # fmt: skip
+    result = distil_and_resume(workdir, common)
+    assert "mono source duplicated to both channels" in result.stderr  # the stream is stereo for this teacher
+    teacher = load_file(str(workdir / "teacher" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    student = load_file(str(workdir / "full" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert student.keys() == teacher.keys()  # s and ω add no parameter
+    assert any(not torch.equal(student[k], teacher[k]) for k in teacher)  # it trained
+
+    pipe = SoundCTMStableAudioPipeline.from_pretrained(str(workdir / "full"))
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe.transformer, SoundCTMStableAudioDiTModel) and pipe.is_student
+    assert pipe.scheduler.config.prediction_type == "v_prediction" and pipe.scheduler.config.noise_conditioning == "atan"
+    assert pipe.default_guidance_scale == 7.0  # the teacher pipeline's ω (StableAudioPipeline's default CFG)
+    audio = pipe("a dog barks", num_inference_steps=2, generator=gen(0)).audios
+    assert audio.shape == (1, 2, pipe.latent_frames * pipe.vae.hop_length) and torch.isfinite(torch.from_numpy(audio)).all()
+    with pytest.raises(ValueError, match="SoundCTMStableAudioPipeline"):
+        SoundCTMPipeline.from_pretrained(str(workdir / "full"))
+
+
+def test_the_exported_student_has_a_model_card_and_push_to_hub_uploads_what_hub_publish_exports(workdir):
+    """The run writes the student's card (README.md); --push_to_hub uploads the folder hub.publish exports: weights,
+    configs, the package's code and that card, without the run's checkpoints and logs."""
+    card = (workdir / "full" / "README.md").read_text()
+    assert "SoundCTM student of teacher" in card and "license: other" in card  # the tiny teacher's folder has no card
+    assert "2-channel" in card and "44.1" in card
+    pushed = {}
+
+    def fake_upload(folder, repo_id, **kwargs):
+        folder = Path(folder)
+        pushed.update(repo_id=repo_id, card=(folder / "README.md").read_text(),
+                      files={str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()})  # fmt: skip
+        return "https://huggingface.co/me/sa-student/commit/0"
+
+    args = argparse.Namespace(output_dir=str(workdir / "full"), hub_model_id="me/sa-student", hub_token=None)
+    assert push_student(args, upload_fn=fake_upload).endswith("/commit/0")
+    assert pushed["repo_id"] == "me/sa-student" and "me/sa-student" in pushed["card"]
+    assert {"README.md", "model_index.json", "pipeline_stable_audio_soundctm.py", "transformer/stable_audio_soundctm.py"} <= pushed["files"]
+    assert not any(f.startswith(("checkpoint-", "logs")) for f in pushed["files"])
+
+
+def test_teachers_that_are_not_one_are_refused_by_name(workdir, tmp_path):
+    with pytest.raises(ValueError, match="pretrained_teacher_model.*is a SoundCTM student"):
+        load_teacher_pipeline(str(workdir / "full"))
+    folder = tmp_path / "other"
+    folder.mkdir()
+    (folder / "model_index.json").write_text('{"_class_name": "AudioLDMPipeline"}')
+    with pytest.raises(ValueError, match="AudioLDMPipeline.*SoundCTMPipeline, SoundCTMStableAudioPipeline, StableAudioPipeline"):
+        load_teacher_pipeline(str(folder))
+
+
+def test_the_one_step_stable_audio_student_approaches_the_teachers_heun_solution(workdir):
+    """The learning test of the other families on Stable Audio Open: after a short distillation at a fixed ω, the
+    1-step student's latents come at least 2-fold closer to the teacher's Heun solution than the initial student's
+    (the teacher's own weights): 300 steps gave 0.52 -> 0.13 here."""
+    omega, prompts = 5.0, [f"caption {i}" for i in range(4)] + ["a dog barks", "rain falls on a roof"]
+    output = workdir / "learn"
+    launch(workdir, output, "--dataset_name", str(workdir / "wavs" / "metadata.jsonl"), "--audio_column", "file_name",
+           "--train_batch_size", "8", "--max_train_steps", LEARNING_STEPS, "--checkpointing_steps", "1000", "--learning_rate", "3e-3",
+           "--ema_decay", "0.9", "--omega_min", str(omega), "--omega_max", str(omega), "--report_to", "none")  # fmt: skip
+    teacher = load_teacher_pipeline(str(workdir / "teacher"))
+    noise = torch.randn(len(prompts), *teacher.latent_shape, generator=gen(123))
+
+    def sample(pipe, steps):
+        pipe.set_progress_bar_config(disable=True)
+        return pipe(prompts, num_inference_steps=steps, guidance_scale=omega, latents=noise, output_type="latent").audios
+
+    heun = sample(teacher, 10)
+    initial = student_pipeline(teacher, make_student(teacher.transformer, teacher.latent_frames), CTMScheduler.from_config(
+        SoundCTMStableAudioPipeline.from_pretrained(str(output)).scheduler.config))  # fmt: skip
+    error_before = ((sample(initial, 1) - heun) ** 2).mean() / (heun**2).mean()
+    error_after = ((sample(SoundCTMStableAudioPipeline.from_pretrained(str(output)), 1) - heun) ** 2).mean() / (heun**2).mean()
+    print(f"1-step Stable Audio student vs 10-step Heun teacher, relative squared error: {error_before:.3f} -> {error_after:.3f}")
+    assert error_after < error_before / 2, (float(error_before), float(error_after))

@@ -74,6 +74,18 @@ def launch(workdir, output_dir, *extra, num_processes=1, timeout=300):
     return result
 
 
+def distil_and_resume(workdir, common):
+    """4 steps in one run ("full"), and 2 steps then 2 more resumed from the checkpoint ("part"): the last checkpoint and
+    the exported student are the same bit for bit. Returns the full run's result."""
+    result = launch(workdir, workdir / "full", *common, "--max_train_steps", "4")
+    launch(workdir, workdir / "part", *common, "--max_train_steps", "2")
+    launch(workdir, workdir / "part", *common, "--max_train_steps", "4", "--resume_from_checkpoint", "latest")
+    for path in ("checkpoint-4/model.safetensors", "transformer/diffusion_pytorch_model.safetensors"):
+        a, b = load_file(str(workdir / "full" / path)), load_file(str(workdir / "part" / path))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), path
+    return result
+
+
 def scalars(output_dir):
     """{tag: {step: [values]}} from every tensorboard event file of a run (a resumed run has several)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_distill_data import write_dataset
-from test_distill_train import audio_folder_or_manifest, launch
+from test_distill_train import audio_folder_or_manifest, distil_and_resume, launch
 from tiny_models import tiny_unet16k_pipeline
 
 from distill.losses import heun_solve_cfg, last_layer_weight_grad, student_output
@@ -109,12 +109,7 @@ def workdir(tmp_path_factory):
 def test_a_unet_teacher_distils_resumes_bit_exactly_and_exports_a_16khz_student(workdir):
     common = (*audio_folder_or_manifest(workdir), "--train_batch_size", "2", "--max_heun_steps", "3", "--omega_min", "2", "--peak_normalize", "0.5", "--mix_augment", "1",
               "--omega_max", "5", "--shuffle_buffer_size", "1", "--checkpointing_steps", "2", "--no-random_crop")  # fmt: skip
-    launch(workdir, workdir / "full", *common, "--max_train_steps", "4")
-    launch(workdir, workdir / "part", *common, "--max_train_steps", "2")
-    launch(workdir, workdir / "part", *common, "--max_train_steps", "4", "--resume_from_checkpoint", "latest")
-    for path in ("checkpoint-4/model.safetensors", "transformer/diffusion_pytorch_model.safetensors"):
-        a, b = load_file(str(workdir / "full" / path)), load_file(str(workdir / "part" / path))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), path
+    distil_and_resume(workdir, common)
     teacher = load_file(str(workdir / "teacher" / "transformer" / "diffusion_pytorch_model.safetensors"))
     student = load_file(str(workdir / "full" / "transformer" / "diffusion_pytorch_model.safetensors"))
     assert set(student) - set(teacher) == {f"s_time_embedding.linear_{i}.{p}" for i in (1, 2) for p in ("weight", "bias")}
