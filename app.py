@@ -16,6 +16,9 @@ Two tabs:
   with 1, 2, 4, ... steps (and the teacher's Heun result from that noise).
 - Drafts → refine: several 1-step drafts with different seeds in one batch; pick one and refine it with more
   steps on its seed.
+and the editing tabs of app_control.py (loudness curve, bandwidth extension, audio → audio) for the SoundCTM DiT and
+UNet models. A Stable Audio Open student (and its teacher) runs in the first two, in stereo; the editing tabs are
+replaced by a note for it.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from transformers.audio_utils import hertz_to_mel, mel_filter_bank
 
-from app_control import add_control_tabs
+from app_control import add_control_tabs, editing_unsupported
 from soundctm.cli import DTYPES, ENV_MODEL, bundled_model_dir, load_pipeline, resolve_model
 from soundctm.pipeline import DEFAULT_GUIDANCE_SCALE
 
@@ -153,8 +156,17 @@ class LazyPipeline:
         """One pipeline call on its own copy of the scheduler (its timesteps are per call), so calls may overlap."""
         pipe = self.get()
         own = type(pipe)(**{**pipe.components, "scheduler": pipe.scheduler.__class__.from_config(pipe.scheduler.config)},
-                         text_embedding=pipe.config.text_embedding, guidance_scale=pipe.default_guidance_scale)
+                         **pipeline_options(pipe))
         return own(**kwargs).audios
+
+
+def pipeline_options(pipe) -> dict:
+    """The arguments of `type(pipe)(...)` besides its components, as `pipe` was made with them (its config): e.g.
+    `text_embedding` and `guidance_scale` for a `SoundCTMPipeline`; `SoundCTMStableAudioPipeline` has no
+    `text_embedding`."""
+    parameters = inspect.signature(type(pipe).__init__).parameters
+    return {name: value for name, value in pipe.config.items()
+            if name in parameters and name not in pipe.components and not name.startswith("_")}
 
 
 def on_gpu(fn):
@@ -228,17 +240,18 @@ def _mel_analysis(sampling_rate: int) -> tuple[int, torch.Tensor, torch.Tensor]:
 
 def spectrogram_image(audio: np.ndarray, sampling_rate: int) -> np.ndarray:
     """
-    RGB image (H, W, 3) of the mel spectrogram of `(channels, samples)` audio (channels averaged), on one fixed scale
-    for every image: colour = dB relative to full scale in `DB_RANGE` (a full-scale sine reads about 0 dB), `MEL_BANDS`
-    mel bands from 0 Hz to the Nyquist frequency, time from 0 to the clip's length.
+    RGB image (H, W, 3) of the mel spectrogram of `(channels, samples)` audio, on one fixed scale for every image:
+    colour = dB relative to full scale in `DB_RANGE` (a full-scale sine reads about 0 dB), `MEL_BANDS` mel bands from
+    0 Hz to the Nyquist frequency, time from 0 to the clip's length. The channels' power spectra are averaged (not
+    their waveforms, which cancel where stereo channels are out of phase): a sound in both channels draws as it does
+    in one.
     """
     x = torch.as_tensor(np.asarray(audio, dtype=np.float32)).reshape(-1, np.shape(audio)[-1])
-    x = x[0] if x.shape[0] == 1 else x.mean(0)
     n_fft, window, filters = _mel_analysis(sampling_rate)
     stft = torch.stft(x, n_fft, n_fft // 4, window=window, center=True, pad_mode="constant", return_complex=True)
-    power = torch.view_as_real(stft).square().sum(-1) * (2.0 / window.sum()) ** 2  # a full-scale sine → 1 (0 dB)
+    power = torch.view_as_real(stft).square().sum(-1).mean(0) * (2.0 / window.sum()) ** 2  # a full-scale sine → 1 (0 dB)
     db = (10.0 * torch.log10((filters @ power).clamp(min=1e-20))).numpy()
-    frame, (top, bottom, left, right) = _spectrogram_frame(sampling_rate, round(x.numel() / sampling_rate, 3))
+    frame, (top, bottom, left, right) = _spectrogram_frame(sampling_rate, round(x.shape[-1] / sampling_rate, 3))
     # The image drawn into the plot area as imshow(origin="lower", interpolation="nearest") would: pixel column j
     # shows frame ⌊j·T/W⌋, pixel row i (from the top) band MEL_BANDS − 1 − ⌊i·MEL_BANDS/H⌋.
     rows = MEL_BANDS - 1 - (np.arange(bottom - top) * MEL_BANDS) // (bottom - top)
@@ -573,7 +586,9 @@ class SoundCTMApp:
     def model_text(self) -> str:
         teacher = f"`{self.teacher.model}`" if self.teacher else "none"
         pipe = self.student.loaded
-        audio = "" if pipe is None else f" ({pipe.sampling_rate / 1000:g} kHz, up to {pipe.max_audio_length_in_s:.1f} s)"
+        stereo = pipe is not None and int(pipe.vae.config.get("audio_channels", 1)) == 2
+        audio = "" if pipe is None else (f" ({pipe.sampling_rate / 1000:g} kHz{' stereo' if stereo else ''}, "
+                                         f"up to {pipe.max_audio_length_in_s:.1f} s)")
         return f"Model: `{self.student.model}`{audio} · teacher: {teacher}"
 
     def build(self, max_queue: int | None = 32, concurrency: int = 1) -> gr.Blocks:
@@ -669,8 +684,14 @@ class SoundCTMApp:
                                                  interactive=False, buttons=["copy"], elem_id="refine-settings")
 
                 # Loudness curve, bandwidth extension, audio -> audio (issue 7); endpoints /intensity, /bandwidth, /audio2audio.
-                add_control_tabs(self.student.get, model_arg=self._model_arg(self.student), wrap=wrap, queue_kwargs=queue,
-                                 guidance_scale=self.default_guidance_scale())
+                # Not for a model their pipelines cannot run (Stable Audio Open's): one tab says so instead.
+                unsupported = editing_unsupported(self.student.loaded) if self.student.loaded is not None else None
+                if unsupported:
+                    with gr.Tab("Editing tools"):
+                        gr.Markdown(unsupported, elem_id="editing-unsupported")
+                else:
+                    add_control_tabs(self.student.get, model_arg=self._model_arg(self.student), wrap=wrap,
+                                     queue_kwargs=queue, guidance_scale=self.default_guidance_scale())
 
             # ----------------------------------------------------------------------------------------- events
             random_seed.click(lambda: secrets.randbelow(MAX_SEED + 1), outputs=seed, api_visibility="private", queue=False)

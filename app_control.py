@@ -9,7 +9,8 @@
 - Audio → audio: a recording refined toward a prompt from the noise level set by `strength`; spectrograms of input
   and output.
 
-`get_pipeline()` returns the loaded student `SoundCTMPipeline`; every call runs a companion pipeline built from its
+`get_pipeline()` returns the loaded student `SoundCTMPipeline` (a Stable Audio Open model is refused with a message:
+`editing_unsupported`); every call runs a companion pipeline built from its
 components with its own scheduler, so calls do not share sampling state. The handlers raise `gr.Error` with the
 pipeline's message for bad input and are API endpoints (`/intensity`, `/bandwidth`, `/audio2audio`).
 """
@@ -34,6 +35,7 @@ from soundctm.pipeline import DEFAULT_GUIDANCE_SCALE
 from soundctm.pipeline_soundctm_audio2audio import SoundCTMAudioToAudioPipeline
 from soundctm.pipeline_soundctm_bwe import DEFAULT_CUTOFF_HZ, SoundCTMBandwidthExtensionPipeline
 from soundctm.pipeline_soundctm_guidance import DEFAULT_RHO, DITTO2_ITERATIONS, SoundCTMGuidancePipeline
+from soundctm.pipeline_stable_audio_soundctm import SoundCTMStableAudioPipeline
 from soundctm.signal_ops import log_spectral_distance, lowpass, prepare_input_audio
 
 CUSTOM = "custom"
@@ -48,6 +50,17 @@ SPECTROGRAM_DB = (-100.0, 0.0)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+def editing_unsupported(pipe) -> str | None:
+    """Why these tabs cannot run on the loaded pipeline `pipe`, in words for the page; None when they can. Their
+    pipelines are subclasses of `SoundCTMPipeline` (the SoundCTM DiT and UNet families): they cannot take a Stable
+    Audio Open model."""
+    if isinstance(pipe, SoundCTMStableAudioPipeline):
+        return ("The editing tools (loudness curve, bandwidth extension, audio → audio) work with the SoundCTM DiT and "
+                "UNet models; this is a Stable Audio Open model (SoundCTMStableAudioPipeline), which they do not "
+                "support. Compare and Drafts → refine work with it.")
+    return None
+
+
 def _error(message: str) -> gr.Error:
     return gr.Error(html.escape(message), title="Invalid input", print_exception=False)
 
@@ -113,6 +126,9 @@ class ControlTabs:
 
     def _companion(self, cls):
         pipe = self.get_pipeline()
+        unsupported = editing_unsupported(pipe)
+        if unsupported:
+            raise gr.Error(unsupported, title="Not available for this model", print_exception=False)
         if not pipe.is_student:
             raise _error("These tools need a SoundCTM student model.")
         scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)

@@ -1,4 +1,6 @@
-"""Model cards for SoundCTM pipeline folders, from `templates/model_card.md` with `huggingface_hub.ModelCard`.
+"""Model cards for SoundCTM pipeline folders, from `templates/model_card.md` with `huggingface_hub.ModelCard`: the DiT
+and UNet families of `SoundCTMPipeline`, and the Stable Audio Open students and teachers of
+`SoundCTMStableAudioPipeline`.
 
 What a card states comes from two places:
 - the folder itself (configs and safetensors headers, nothing is loaded): student or teacher, text embedding,
@@ -26,6 +28,12 @@ PAPER_ARXIV = "2405.18503"
 DEFAULT_PROMPT = "a dog barks in the distance while rain falls on a roof"
 BUILTIN_TAGS = ("soundctm", "text-to-audio", "consistency-trajectory-model", "audio")
 STANDARD_FIELDS = ("license", "base_model", "datasets", "tags", "example_prompts")
+# The pipeline classes whose folders get cards (model_index.json's `_class_name`), and the teachers' transformer classes
+# (diffusers' own, whose configs have no `is_student`).
+PIPELINE_CLASSES = ("SoundCTMPipeline", "SoundCTMStableAudioPipeline")
+TEACHER_CLASSES = ("UNet2DConditionModel", "StableAudioDiTModel")
+STABLE_AUDIO_GUIDANCE_SCALE = 7.0  # SoundCTMStableAudioPipeline's default ω (StableAudioPipeline's CFG scale)
+STABLE_AUDIO_CONDITIONING = "T5 token states through Stable Audio's projection model, plus seconds-start/seconds-end conditioning"
 TEXT_EMBEDDING_WORDS = {
     "projected": "one L2-normalised token: the projected text embedding",
     "pooled": "one L2-normalised token: the pooled text output (before the projection)",
@@ -111,7 +119,8 @@ def _count_words(count: int | None) -> str | None:
 
 
 def describe_pipeline(folder: str | Path) -> dict:
-    """What a SoundCTM pipeline folder says about itself, read from its configs and safetensors headers."""
+    """What a SoundCTM pipeline folder (of `SoundCTMPipeline` or `SoundCTMStableAudioPipeline`) says about itself, read
+    from its configs and safetensors headers."""
     folder = Path(folder)
     index_path = folder / "model_index.json"
     if not index_path.is_file():
@@ -119,10 +128,14 @@ def describe_pipeline(folder: str | Path) -> dict:
     index = _read_json(index_path)
     class_name = index.get("_class_name")
     class_name = class_name[-1] if isinstance(class_name, list) else class_name
-    if class_name != "SoundCTMPipeline":
-        raise ValueError(f"{index_path}: '_class_name' is {class_name!r}, not a SoundCTMPipeline folder")
+    if class_name not in PIPELINE_CLASSES:
+        raise ValueError(
+            f"{index_path}: '_class_name' is {class_name!r}, not a SoundCTM pipeline folder ({' or '.join(PIPELINE_CLASSES)})"
+        )
+    stable_audio = class_name == "SoundCTMStableAudioPipeline"  # Stable Audio Open's student or teacher
     package = index.get("text_encoder_package")  # a folder may leave the text encoder to a pip package
-    for component in ("transformer", "vae") + (() if package else ("text_encoder",)):
+    needed = ("transformer", "vae") + (() if package else ("text_encoder",)) + (("projection_model",) if stable_audio else ())
+    for component in needed:
         if not (folder / component / "config.json").is_file():
             raise FileNotFoundError(f"{folder}: missing {component}/config.json")
     dit = _read_json(folder / "transformer" / "config.json")
@@ -131,6 +144,11 @@ def describe_pipeline(folder: str | Path) -> dict:
     if vae.get("_class_name") == "AutoencoderMelVocoder":  # AudioLDM's mel VAE (4x down) + HiFi-GAN: the 16 kHz family
         hop = int(vae.get("stft_hop_length", 160)) * 2 ** (len((vae.get("vae_config") or {}).get("block_out_channels", [0, 0, 0])) - 1)
         vae_kind = f"mel VAE ({vae.get('n_mels', 64)} mel bands) with a HiFi-GAN vocoder"
+    elif vae.get("_class_name") in ("AutoencoderOobleckSoundCTM", "AutoencoderOobleck"):  # Stable Audio Open's VAE
+        hop = 1
+        for ratio in vae.get("downsampling_ratios", [2, 4, 4, 8, 8]):
+            hop *= int(ratio)
+        vae_kind = "Oobleck VAE (Stable Audio Open's)"
     elif vae.get("_class_name") == "AutoencoderLogMel":
         hop = int(vae.get("stft_hop_length", 1024)) * int(vae.get("frames_per_latent", 2))
         vae_kind = f"log-mel spectral codec ({vae.get('n_mels', 128)} mel bands, Griffin-Lim decoder)"
@@ -147,31 +165,39 @@ def describe_pipeline(folder: str | Path) -> dict:
     unet = dit.get("_class_name") in ("UNet2DConditionModel", "SoundCTMUNet2DConditionModel")
     frames = dit.get("sample_size", 432)
     frames = frames[0] if isinstance(frames, list) else frames  # a UNet's (frames, mel bins / 4)
+    width = (dit.get("num_attention_heads") or 0) * (dit.get("attention_head_dim") or 0)
     if unet:  # TANGO's UNet (16 kHz family): no `num_layers`, a teacher is diffusers' own class
         levels = dit.get("block_out_channels") or []
         architecture = f"UNet with {len(levels)} levels of {'/'.join(map(str, levels))} channels"
     else:
-        width = (dit.get("num_attention_heads") or 0) * (dit.get("attention_head_dim") or 0)
-        architecture = f"DiT with {dit.get('num_layers')} layers, width {width}"
+        architecture = f"{'Stable Audio ' if stable_audio else ''}DiT with {dit.get('num_layers')} layers, width {width}"
+    text_embedding = None if stable_audio else index.get("text_embedding", "projected")
+    if stable_audio:
+        conditioning = STABLE_AUDIO_CONDITIONING
+    else:
+        conditioning = TEXT_EMBEDDING_WORDS.get(text_embedding, text_embedding)
     return dict(
-        is_student=bool(dit.get("is_student", dit.get("_class_name") != "UNet2DConditionModel")),
+        pipeline_class=class_name,
+        is_student=bool(dit.get("is_student", dit.get("_class_name") not in TEACHER_CLASSES)),
         architecture=architecture,
-        text_embedding=index.get("text_embedding", "projected"),
+        text_embedding=text_embedding,
+        conditioning=conditioning,
         text_encoder_class=(text.get("architectures") or [text.get("model_type", "?")])[0] if text else f"from the `{package}` package",
         vae_kind=vae_kind,
         dit_layers=dit.get("num_layers"),
-        dit_width=(dit.get("num_attention_heads") or 0) * (dit.get("attention_head_dim") or 0) if not unet else None,
-        cross_attention_dim=dit.get("cross_attention_dim"),
+        dit_width=width if not unet else None,
+        # the width of a conditioning token (what `prompt_embeds` has): a Stable Audio DiT projects its input first
+        cross_attention_dim=dit.get("cross_attention_input_dim" if stable_audio else "cross_attention_dim"),
         dit_params=_parameter_count(folder / "transformer"),
         vae_params=_parameter_count(folder / "vae"),
-        latent_channels=vae.get("latent_dim"),
+        latent_channels=vae.get("latent_dim") or vae.get("decoder_input_channels"),
         hop_length=hop,
         sampling_rate=rate,
         audio_channels=channels,
         length_s=int(frames) * hop / rate,
         max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens < 10**6 else None,
         variants=variants,
-        guidance_scale=float(index.get("guidance_scale", 5.0)),
+        guidance_scale=float(index.get("guidance_scale", STABLE_AUDIO_GUIDANCE_SCALE if stable_audio else 5.0)),
         teacher_steps=int(index.get("num_inference_steps") or 40),  # a teacher's default Heun steps
         text_encoder_package=package,
     )
@@ -182,13 +208,16 @@ def make_model_card(folder: str | Path, facts: CardFacts) -> ModelCard:
     info = describe_pipeline(folder)
     kind = "CTM student" if info["is_student"] else "EDM teacher"
     text_encoder = facts.text_encoder or info["text_encoder_class"]
-    text_encoder = f"{text_encoder}; {TEXT_EMBEDDING_WORDS.get(info['text_embedding'], info['text_embedding'])} ({info['cross_attention_dim']}-d)"
+    text_encoder = f"{text_encoder}; {info['conditioning']} ({info['cross_attention_dim']}-d)"
+    stable_audio = info["pipeline_class"] == "SoundCTMStableAudioPipeline"
     summary = (
-        f"A SoundCTM {kind} for text-to-sound generation (Saito et al., ICLR 2025): "
+        f"A SoundCTM {kind}{' of Stable Audio Open' if stable_audio and info['is_student'] else ''} for text-to-sound "
+        "generation (Saito et al., ICLR 2025): "
         + (
             "1-step drafts, and the same sound refined by N deterministic steps (γ = 0), from one network."
             if info["is_student"]
-            else "the latent-diffusion teacher that SoundCTM students are distilled from, sampled with EDM Heun."
+            else f"{'Stable Audio Open, ' if stable_audio else ''}the latent-diffusion teacher that SoundCTM students "
+            "are distilled from, sampled with EDM Heun."
         )
     )
     card_data = ModelCardData(
@@ -226,6 +255,12 @@ def make_model_card(folder: str | Path, facts: CardFacts) -> ModelCard:
         training_data=facts.training_data or "not stated",
         variants=", ".join(["fp32"] + info["variants"]) if info["variants"] else None,
         model_path=facts.repo_id or "path/to/this/folder",
+        pipeline_class=info["pipeline_class"],
+        length_note=(
+            "`audio_length_in_s` also sets the seconds conditioning, and crops; it does not extend"
+            if stable_audio
+            else "`audio_length_in_s` crops, it does not extend"
+        ),
         prompt=(facts.example_prompts or [DEFAULT_PROMPT])[0],
         guidance_scale=f"{info['guidance_scale']:.1f}",
         teacher_steps=info["teacher_steps"],

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from soundctm import SoundCTMPipeline
+from soundctm.cli import pipeline_class
 from soundctm.pipeline import write_code_files
 
 from .folders import atomic_output_dir, human_size, list_files
@@ -60,16 +60,17 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def export_repo(folder: str | Path, export_dir: str | Path, facts: CardFacts, overwrite: bool = False) -> Path:
-    """Writes the Hub repo folder of a SoundCTM pipeline `folder` into `export_dir` (all at once): its weights and
-    configs, the current code files of the `soundctm` package with `model_index.json` pointing at them, and the model
-    card. The exported folder is loaded once before it is moved into place."""
+    """Writes the Hub repo folder of a SoundCTM pipeline `folder` (a `SoundCTMPipeline` or a
+    `SoundCTMStableAudioPipeline` folder) into `export_dir` (all at once): its weights and configs, the current code
+    files of the `soundctm` package with `model_index.json` pointing at them, and the model card. The exported folder
+    is loaded once, with the pipeline class it was saved with, before it is moved into place."""
     folder = Path(folder)
     describe_pipeline(folder)  # a SoundCTM pipeline folder, or a clear error
     files = _files_to_copy(folder)
     with atomic_output_dir(export_dir, overwrite) as tmp:
         for rel in files:
             _link_or_copy(folder / rel, tmp / rel)
-        pipe = SoundCTMPipeline.from_pretrained(tmp)
+        pipe = pipeline_class(str(tmp)).from_pretrained(tmp)
         write_code_files(pipe, tmp)
         write_model_card(tmp, facts)
     return Path(export_dir)
@@ -170,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m hub.publish", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("folder", help="a SoundCTM pipeline folder (saved by SoundCTMPipeline.save_pretrained or hub.convert)")
+    parser.add_argument("folder", help="a SoundCTM pipeline folder (saved by SoundCTMPipeline or SoundCTMStableAudioPipeline "
+                        ".save_pretrained, or hub.convert)")
     parser.add_argument("--repo-id", required=True, help="the model repo to create/upload to, owner/name")
     parser.add_argument("--export-dir", default=None, help="keep the exported repo folder here (default: a temporary folder)")
     parser.add_argument("--overwrite", action="store_true", help="replace --export-dir if it exists")

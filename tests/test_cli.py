@@ -85,3 +85,55 @@ def test_generate_with_a_16khz_unet_student_writes_a_16k_wav(tmp_path):
     assert cli.main(args) == 0
     audio, rate = sf.read(out)
     assert rate == 16000 and audio.shape == (pipe.latent_frames * pipe.vae.hop_length,)
+
+
+# ------------------------------------------------------------------------------------------------ Stable Audio Open
+@pytest.fixture(scope="module")
+def stable_audio_dir(tmp_path_factory):
+    from tiny_models import tiny_stable_audio_pipeline
+
+    folder = tmp_path_factory.mktemp("cli-stable-audio") / "student"
+    tiny_stable_audio_pipeline(student=True).save_pretrained(folder)
+    return str(folder)
+
+
+def test_generate_with_a_stable_audio_student_writes_the_pipelines_stereo_sound(stable_audio_dir, tmp_path):
+    import torch
+
+    from soundctm import SoundCTMStableAudioPipeline
+
+    assert cli.pipeline_class(stable_audio_dir) is SoundCTMStableAudioPipeline
+    out = tmp_path / "dog.wav"
+    args = ["generate", "a dog barks", "--steps", "2", "--nu", "2", "--seed", "3", "--model", stable_audio_dir, "-q"]
+    assert cli.main(args + ["-o", str(out)]) == 0
+    written, rate = sf.read(out, dtype="int16")
+    assert rate == 44100 and sf.info(out).channels == 2 and written.shape == (32, 2)
+    pipe = SoundCTMStableAudioPipeline.from_pretrained(stable_audio_dir)
+    pipe.set_progress_bar_config(disable=True)
+    audio = pipe("a dog barks", num_inference_steps=2, nu=2.0, generator=torch.Generator().manual_seed(3)).audios[0]
+    assert audio.shape == (2, 32)  # (channels, samples): the file holds it transposed, channel by channel
+    expected = np.round(np.clip(audio, -1.0, 1.0) * 32767.0).T
+    assert np.abs(written.astype(int) - expected).max() <= 1
+    # --duration is the length generated (it also sets Stable Audio's seconds conditioning); several waveforms
+    assert cli.main(args + ["--duration", str(16 / 44100), "--num-waveforms", "2", "-o", str(tmp_path / "short.wav")]) == 0
+    for name in ("short_0.wav", "short_1.wav"):
+        assert sf.read(tmp_path / name)[0].shape == (16, 2)
+
+
+@pytest.mark.parametrize("flags", [["--intensity-curve", "swell"], ["--init-audio", "in.wav"], ["--bandwidth-extend", "in.wav"]],
+                         ids=["intensity", "audio2audio", "bandwidth"])
+def test_control_flags_on_a_stable_audio_model_are_an_error_naming_flag_and_model(stable_audio_dir, flags, tmp_path,
+                                                                                   monkeypatch, capsys):
+    sf.write(tmp_path / "in.wav", np.zeros((64, 2)), 44100)
+    flags = [str(tmp_path / f) if f.endswith(".wav") else f for f in flags]
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the flag was refused")
+
+    monkeypatch.setattr(cli, "load_pipeline", no_loading)
+    out = tmp_path / "x.wav"
+    code = cli.main(["generate", "a dog barks", *flags, "--model", stable_audio_dir, "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"{flags[0]} is not available for --model {stable_audio_dir}" in err and "Stable Audio Open" in err
+    assert not out.exists()

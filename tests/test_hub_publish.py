@@ -164,7 +164,8 @@ def test_dry_run_lists_every_exported_file_and_takes_card_facts_from_the_command
 
 
 def test_publish_refuses_what_is_not_a_soundctm_safetensors_folder(student_folder, tmp_path):
-    with pytest.raises(ValueError, match=r"model_index.json: '_class_name' is 'StableAudioPipeline'"):
+    # diffusers' own StableAudioPipeline folder is not a SoundCTM one (its SoundCTM student's is: see below)
+    with pytest.raises(ValueError, match=r"model_index.json: '_class_name' is 'StableAudioPipeline', not a SoundCTM"):
         other = tmp_path / "other"
         other.mkdir()
         (other / "model_index.json").write_text(json.dumps({"_class_name": "StableAudioPipeline"}))
@@ -180,6 +181,86 @@ def test_publish_refuses_what_is_not_a_soundctm_safetensors_folder(student_folde
 def test_upload_needs_the_network_and_says_so_offline(student_folder, capsys):
     assert publish_main([str(student_folder), "--repo-id", "someone/x"]) == 2
     assert "HF_HUB_OFFLINE is set" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- Stable Audio Open
+@pytest.fixture(scope="module")
+def stable_audio_folder(tmp_path_factory):
+    """A Stable Audio Open student as SoundCTMStableAudioPipeline.save_pretrained leaves it."""
+    from tiny_models import tiny_stable_audio_pipeline
+
+    folder = tmp_path_factory.mktemp("stable-audio") / "student"
+    tiny_stable_audio_pipeline(student=True).save_pretrained(folder)
+    return folder
+
+
+def test_stable_audio_student_card_describes_its_dit_vae_conditioning_and_loading(stable_audio_folder):
+    info = describe_pipeline(stable_audio_folder)
+    assert info["pipeline_class"] == "SoundCTMStableAudioPipeline" and info["is_student"]
+    assert info["hop_length"] == 4 and info["audio_channels"] == 2 and info["cross_attention_dim"] == 12
+    text = make_model_card(stable_audio_folder, STUDENT_FACTS.updated(text_encoder="a tiny T5")).text
+    assert "| Model | CTM student: Stable Audio DiT with 2 layers, width 32 (" in text
+    assert "| VAE | Oobleck VAE (Stable Audio Open's), 4 latent channels, hop 4 (" in text
+    assert ("| Conditioning | a tiny T5; T5 token states through Stable Audio's projection model, plus "
+            "seconds-start/seconds-end conditioning (12-d) |") in text
+    assert "| Output | 2-channel audio, 44.1 kHz, 0.000726 s |" in text and "of Stable Audio Open" in text
+    assert "also sets the seconds conditioning" in text
+    snippet = python_snippet(text)
+    assert 'DiffusionPipeline.from_pretrained("someone/tiny-soundctm-student", trust_remote_code=True)' in snippet
+    assert "nu=2.0" in snippet and "guidance_scale=4.0" in snippet  # the folder's own ω
+    assert 'soundctm.SoundCTMStableAudioPipeline.from_pretrained("someone/tiny-soundctm-student")' in text
+    assert "attention-masked mean" not in text and "SoundCTMPipeline.from_pretrained" not in text
+
+
+def test_stable_audio_teacher_card_recommends_heun_and_names_stable_audio_open(tmp_path):
+    from tiny_models import tiny_stable_audio_pipeline
+
+    tiny_stable_audio_pipeline(student=False).save_pretrained(tmp_path)
+    info = describe_pipeline(tmp_path)
+    assert not info["is_student"] and info["architecture"] == "Stable Audio DiT with 2 layers, width 32"
+    text = make_model_card(tmp_path, CardFacts()).text
+    assert "EDM teacher: Stable Audio DiT" in text and "Stable Audio Open, the latent-diffusion teacher" in text
+    assert "num_inference_steps=40" in text and "nu=" not in python_snippet(text)
+
+
+def test_stable_audio_student_exports_and_its_card_snippet_runs_in_a_process_that_never_imports_soundctm(
+        stable_audio_folder, tmp_path, capsys):
+    from soundctm import SoundCTMStableAudioPipeline
+
+    out = tmp_path / "export"
+    code = publish_main([str(stable_audio_folder), "--repo-id", "someone/tiny-sa-student", "--dry-run", "--export-dir",
+                         str(out), "--license", "mit", "--example-prompt", "a dog barks"])
+    assert code == 0, capsys.readouterr().err
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert listed == {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert {"README.md", "model_index.json", "pipeline_stable_audio_soundctm.py", "pipeline.py",
+            "projection_model/config.json", "projection_model/diffusion_pytorch_model.safetensors",
+            "transformer/stable_audio_soundctm.py", "vae/autoencoder_oobleck_soundctm.py",
+            "scheduler/scheduling_ctm.py"} <= listed
+    assert not [p for p in listed if p.startswith("pipeline_soundctm_")], "SoundCTMPipeline's companions stay out"
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_stable_audio_soundctm", "SoundCTMStableAudioPipeline"]
+    assert "text_embedding" not in index
+
+    snippet = python_snippet((out / "README.md").read_text())
+    source = SoundCTMStableAudioPipeline.from_pretrained(stable_audio_folder)
+    source.set_progress_bar_config(disable=True)
+    assert 'draft = pipe("a dog barks"' in snippet
+    expected = source("a dog barks", num_inference_steps=1, generator=torch.Generator().manual_seed(0)).audios[0]
+    assert expected.shape == (2, 32)
+    np.save(tmp_path / "expected.npy", expected)
+    check = textwrap.dedent(f"""
+        import sys
+        import soundfile
+        assert not any(m == "soundctm" or m.startswith("soundctm.") for m in sys.modules), "soundctm was imported"
+        assert type(pipe).__module__.startswith("diffusers_modules") and type(pipe).__name__ == "SoundCTMStableAudioPipeline"
+        np.testing.assert_allclose(draft, np.load({str(tmp_path / 'expected.npy')!r}), rtol=1e-5, atol=1e-6)
+        assert soundfile.info("draft.wav").channels == 2 and soundfile.info("refined.wav").channels == 2
+    """)
+    script = "import numpy as np\n" + snippet.replace("someone/tiny-sa-student", str(out)) + check
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=subprocess_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 # ------------------------------------------------------------------------------------------- a stand-in of the Hub

@@ -8,6 +8,9 @@ Control and editing:
     soundctm generate "rain falls on a roof" --intensity-curve swell -o swell.wav        (loudness curve, 16 steps)
     soundctm generate "a dog barks" --init-audio dog.wav --strength 0.5 -o dog_edit.wav  (audio-to-audio)
     soundctm generate --bandwidth-extend phone.wav --cutoff 3000 -o full_band.wav       (bandwidth extension)
+
+Every family generates: the SoundCTM DiT and UNet models (SoundCTMPipeline) and Stable Audio Open students and
+teachers (SoundCTMStableAudioPipeline, stereo WAV). Control and editing run on the SoundCTM DiT and UNet models only.
 """
 
 import argparse
@@ -38,16 +41,33 @@ def resolve_model(model: str | None) -> str:
     )
 
 
-def load_pipeline(model: str | None = None, device: str | None = None, dtype: str = "fp32"):
-    """Loads a SoundCTM pipeline (folder or Hub id) onto `device` (default: cuda when available, else cpu)."""
-    import torch
-
+def pipeline_class(model: str, **hub_kwargs):
+    """The pipeline class of this package that a folder or Hub repo was saved with, read from its
+    `model_index.json`: `SoundCTMStableAudioPipeline` for a Stable Audio Open student or teacher, `SoundCTMPipeline`
+    for the SoundCTM DiT and UNet families (and a folder that names neither, which then fails with its own error)."""
     from .pipeline import SoundCTMPipeline
+    from .pipeline_stable_audio_soundctm import SoundCTMStableAudioPipeline
+
+    if not os.path.isdir(model) and (os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") != 1):
+        raise FileNotFoundError(f"{model}: no such pipeline folder (and not a Hub id of the form owner/name)")
+    from diffusers import DiffusionPipeline
+
+    # DiffusionPipeline's reader: SoundCTMPipeline's own rewrites the class name to its own
+    name = DiffusionPipeline.load_config(model, **hub_kwargs).get("_class_name")
+    name = name[-1] if isinstance(name, list) else name
+    return SoundCTMStableAudioPipeline if name == SoundCTMStableAudioPipeline.__name__ else SoundCTMPipeline
+
+
+def load_pipeline(model: str | None = None, device: str | None = None, dtype: str = "fp32"):
+    """Loads a SoundCTM pipeline (folder or Hub id) of any family onto `device` (default: cuda when available, else
+    cpu)."""
+    import torch
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = SoundCTMPipeline.from_pretrained(resolve_model(model), dtype=getattr(torch, DTYPES[dtype]))
+    model = resolve_model(model)
+    pipe = pipeline_class(model).from_pretrained(model, dtype=getattr(torch, DTYPES[dtype]))
     return pipe.to(device)
 
 
@@ -78,10 +98,32 @@ def read_audio(path: str | os.PathLike, flag: str):
     return data.T, rate
 
 
+def _control_flags(args) -> list[str]:
+    """The control and editing flags given (each runs a companion pipeline of `SoundCTMPipeline`)."""
+    return [flag for flag, value in (("--intensity-curve", args.intensity_curve), ("--init-audio", args.init_audio),
+                                     ("--bandwidth-extend", args.bandwidth_extend)) if value is not None]  # fmt: skip
+
+
+def check_control_support(model: str, flags: list[str]) -> None:
+    """Raises ValueError naming the flag and the model when `model` is of a family that the control and editing
+    pipelines (subclasses of `SoundCTMPipeline`: the SoundCTM DiT and UNet families) cannot run, such as a Stable Audio
+    Open model. Reads only the model's `model_index.json`, before anything is loaded."""
+    from .pipeline import SoundCTMPipeline
+
+    if not flags:
+        return
+    cls = pipeline_class(model)
+    if cls is not SoundCTMPipeline:
+        raise ValueError(
+            f"{flags[0]} is not available for --model {model}: it is a Stable Audio Open model ({cls.__name__}); "
+            "--intensity-curve, --init-audio and --bandwidth-extend work with the SoundCTM DiT and UNet models "
+            "(SoundCTMPipeline)"
+        )
+
+
 def _control(pipe, args, generator):
     """Runs the editing or control pipeline the flags ask for; returns (audios, a line to report, jumps taken)."""
-    chosen = [flag for flag, value in (("--intensity-curve", args.intensity_curve), ("--init-audio", args.init_audio),
-                                      ("--bandwidth-extend", args.bandwidth_extend)) if value is not None]  # fmt: skip
+    chosen = _control_flags(args)
     if len(chosen) > 1:
         raise ValueError(f"use one of {', '.join(chosen)} at a time")
     common = dict(guidance_scale=args.guidance_scale, nu=args.nu, gamma=args.gamma, generator=generator)
@@ -130,7 +172,9 @@ def cmd_generate(args) -> int:
 
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
-    pipe = load_pipeline(args.model, args.device, args.dtype)
+    model = resolve_model(args.model)
+    check_control_support(model, _control_flags(args))  # before loading a model that could not run them
+    pipe = load_pipeline(model, args.device, args.dtype)
     pipe.set_progress_bar_config(disable=args.quiet)
     device = pipe._execution_device
     count = args.num_waveforms
@@ -182,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--guidance-scale", "--omega", dest="guidance_scale", type=float, default=None,
         help="ω: the teacher's CFG scale the student was distilled with (default: the model's own; 5 for the authors' "
-        "models, 2 for the bundled demo)",
+        "models, 2 for the bundled demo, 7 for Stable Audio Open students unless they set another)",
     )
     gen.add_argument("--nu", type=float, default=1.0, help="ν: student guidance, Eq. 10 (default 1 = off; 5 for 16 steps)")
     gen.add_argument("--gamma", type=float, default=0.0, help="γ in [0, 1]: fresh noise between steps (default 0 = deterministic)")
