@@ -322,7 +322,7 @@ def test_the_one_step_student_approaches_the_teachers_heun_solution(workdir):
     assert error_after < error_before / 2, (float(error_before), float(error_after))
 
 
-@pytest.mark.parametrize("name", ["soundctm_dit", "soundctm_dit_paper", "cpu_short", "soundctm_unet16k"])
+@pytest.mark.parametrize("name", ["soundctm_dit", "soundctm_dit_paper", "cpu_short", "soundctm_unet16k", "soundctm_stable_audio_open"])
 def test_bundled_configs_are_accepted_and_the_authors_settings_are_the_defaults(name):
     required = ["--pretrained_teacher_model", "owner/teacher", "--dataset_name", "data.jsonl"]
     args = parse_args(["--config", os.path.join(ROOT, "distill", "configs", f"{name}.yaml"), *required])
