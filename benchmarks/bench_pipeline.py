@@ -27,6 +27,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, ROOT)  # tiny_models imports hub
 
 CONFIGS = {
     "mid": dict(num_layers=8, num_attention_heads=12, attention_head_dim=64),

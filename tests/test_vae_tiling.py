@@ -1,0 +1,71 @@
+"""The Gaussian DAC decoder's chunked inference (`enable_tiling`, on by default): each upsampling block is decoded over
+time chunks with its receptive field as overlap, which must give the one-pass decode (up to float rounding) for any
+length, batch and chunk size, leave the differentiable path (loss-based guidance) as it is, and change no pipeline
+output beyond 1e-4. Its speed and memory are measured by benchmarks/bench_vae.py, not here."""
+
+import pytest
+import torch
+from tiny_models import tiny_pipeline, tiny_vae
+
+from soundctm import autoencoder_gaussian_dac
+from soundctm.autoencoder_gaussian_dac import apply_in_chunks
+
+
+def relative(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("frames, batch, chunk", [(37, 2, 16), (50, 1, 5000), (8, 3, 1), (101, 1, 333)])
+def test_chunked_decode_equals_the_one_pass_decode(frames, batch, chunk, monkeypatch):
+    vae = tiny_vae(seed=3, decoder_rates=[4, 2, 2], encoder_rates=[2, 2, 4], decoder_dim=32)
+    with torch.no_grad():  # every weight and α away from its init, so that no layer is near the identity
+        for p in vae.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    z = torch.randn(batch, 4, frames, generator=torch.Generator().manual_seed(frames))
+    chunks = []
+    original = autoencoder_gaussian_dac.apply_in_chunks
+
+    def counting(fn, x, scale, halo, size):
+        chunks.append(-(-x.shape[-1] * scale // size))
+        return original(fn, x, scale, halo, size)
+
+    monkeypatch.setattr(autoencoder_gaussian_dac, "apply_in_chunks", counting)
+    with torch.no_grad():
+        vae.disable_tiling()
+        plain = vae.decode(z).sample
+        assert not chunks
+        vae.enable_tiling(chunk_elements=chunk)
+        chunked = vae.decode(z).sample
+    assert len(chunks) == 4 and (max(chunks) > 1) == (chunk < 1000)  # 3 blocks and the output layers
+    assert chunked.shape == plain.shape == (batch, 1, frames * vae.hop_length)
+    assert relative(chunked, plain) < 1e-5
+
+
+def test_apply_in_chunks_is_exact_for_a_time_local_function():
+    conv = torch.nn.Conv1d(3, 5, kernel_size=7, padding=9, dilation=3).double()
+    x = torch.randn(2, 3, 5000, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(apply_in_chunks(conv, x, 1, 9, 1024), conv(x), rtol=0, atol=1e-12)
+        with pytest.raises(AssertionError):  # too small a halo is not exact: the test can fail
+            torch.testing.assert_close(apply_in_chunks(conv, x, 1, 0, 1000), conv(x), rtol=0, atol=1e-12)
+
+
+def test_gradients_go_through_the_one_pass_path_and_bad_sizes_are_refused():
+    vae = tiny_vae()
+    z = torch.randn(1, 4, 12, requires_grad=True)
+    audio = vae.decode(z).sample  # grad enabled: the plain sequential path, differentiable
+    audio.square().sum().backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    for bad in (0, -5, 1.5, True):
+        with pytest.raises(ValueError, match="chunk_elements"):
+            vae.enable_tiling(chunk_elements=bad)
+
+
+def test_a_pipeline_sample_is_the_same_with_and_without_tiling():
+    pipe = tiny_pipeline(student=True)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.vae.enable_tiling(chunk_elements=64)
+    tiled = pipe("a dog barks", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").audios
+    pipe.vae.disable_tiling()
+    plain = pipe("a dog barks", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").audios
+    assert relative(tiled, plain) < 1e-4
