@@ -139,13 +139,14 @@ class Decoder(nn.Module):
         output_dim = channels // 2 ** len(rates)
         layers += [Snake1d(output_dim), nn.Conv1d(output_dim, d_out, kernel_size=7, padding=3), nn.Tanh()]
         self.model = nn.Sequential(*layers)
-        # Inference decodes each upsampling block in time chunks of about this many activation values (4 MB): the
-        # full-rate activations of a 10 s clip are 170 MB each, and every fresh allocation of that size is mapped
-        # and zero-filled page by page, which costs as much as the arithmetic of the op (benchmarks/bench_vae.py).
+        # Inference on the CPU decodes each upsampling block in time chunks of about this many activation values
+        # (4 MB): the full-rate activations of a 10 s clip are 170 MB each, and every fresh allocation of that size is
+        # mapped and zero-filled page by page, which costs as much as the arithmetic of the op (benchmarks/bench_vae.py).
+        # An accelerator's caching allocator reuses its memory, and one pass is what compiles and graphs best there.
         self.chunk_elements: int | None = 2**20
 
     def forward(self, x):
-        if torch.is_grad_enabled() or self.chunk_elements is None:
+        if torch.is_grad_enabled() or self.chunk_elements is None or x.device.type != "cpu":
             return self.model(x)
         layers = list(self.model)
         x = layers[0](x)
@@ -209,8 +210,9 @@ class AutoencoderGaussianDAC(LatentStatisticsMixin, ModelMixin, ConfigMixin):
                 nn.init.zeros_(module.bias)
 
     def enable_tiling(self, chunk_elements: int = 2**20) -> None:
-        """Decode (without gradient) in time chunks whose activations hold about `chunk_elements` values each: the
-        same output up to float rounding, faster on a CPU and with a lower peak memory. On by default."""
+        """Decode on the CPU (without gradient) in time chunks whose activations hold about `chunk_elements` values
+        each: the same output up to float rounding, faster and with a lower peak memory. On by default; an accelerator
+        always decodes in one pass."""
         if isinstance(chunk_elements, bool) or not isinstance(chunk_elements, int) or chunk_elements < 1:
             raise ValueError(f"chunk_elements must be a positive int, got {chunk_elements!r}")
         self.decoder.chunk_elements = chunk_elements
