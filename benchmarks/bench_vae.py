@@ -1,5 +1,5 @@
-"""The full-size Gaussian DAC decoder (63 M, hop 1024) decoding 10 s, and a full-size 1-step generation (dit_v2 DiT,
-1.05 B, ν = 1, + the decoder), with the decoder's time-chunked inference (`vae.enable_tiling()`, the default) against
+"""The full-size Gaussian DAC (63 M, hop 1024) decoding and encoding 10 s, and a full-size 1-step generation (dit_v2
+DiT, 1.05 B, ν = 1, + the decoder), with the VAE's time-chunked inference (`vae.enable_tiling()`, the default) against
 the whole clip in one pass through every layer (`vae.disable_tiling()`), on random weights, batch 1.
 
 Why chunks: at full rate a 10 s clip's activations are 96 channels × 442 368 samples = 170 MB each, and every op of
@@ -12,7 +12,7 @@ decode up to float rounding.
 Times: one process, the two settings interleaved, best of --repeats; their ratio is what the README quotes. Peak
 memory: each setting in its own process (`ru_maxrss` after a warm-up and one timed run of that setting only).
 
-    python benchmarks/bench_vae.py                  # decoder and 1-step generation, markdown
+    python benchmarks/bench_vae.py                  # decoder, encoder and 1-step generation, markdown
     python benchmarks/bench_vae.py --decoder-only --json runs/bench_vae.json
 """
 
@@ -64,8 +64,13 @@ def child(what: str, tiled: bool) -> dict:
     pipe, vae = build(what == "generate")
     setting(vae, tiled)
     z = torch.randn(1, 64, FRAMES, generator=torch.Generator().manual_seed(1))
+    audio = 0.3 * torch.randn(1, 1, FRAMES * 1024, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        run = (lambda: pipe(PROMPT, num_inference_steps=1, generator=torch.Generator().manual_seed(0))) if pipe else (lambda: vae.decode(z))
+        run = {
+            "generate": lambda: pipe(PROMPT, num_inference_steps=1, generator=torch.Generator().manual_seed(0)),
+            "decode": lambda: vae.decode(z),
+            "encode": lambda: vae.encode(audio),
+        }[what]
         run()
         seconds, _ = timed(run)
     return {"seconds": seconds, "peak_rss_GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}
@@ -76,6 +81,7 @@ def compare(what: str, repeats: int) -> dict:
 
     pipe, vae = build(what == "generate")
     z = torch.randn(1, 64, FRAMES, generator=torch.Generator().manual_seed(1))
+    audio = 0.3 * torch.randn(1, 1, FRAMES * 1024, generator=torch.Generator().manual_seed(2))
     times, outputs = {"plain": [], "tiled": []}, {}
     with torch.no_grad():
         for name in ("plain", "tiled"):  # warm-up
@@ -84,8 +90,10 @@ def compare(what: str, repeats: int) -> dict:
         for _ in range(repeats):
             for name in ("plain", "tiled"):
                 setting(vae, name == "tiled")
-                if pipe is not None:
+                if what == "generate":
                     run = lambda: pipe(PROMPT, num_inference_steps=1, generator=torch.Generator().manual_seed(0), output_type="pt").audios  # noqa: E731
+                elif what == "encode":
+                    run = lambda: vae.encode(audio).latent_dist.mean  # noqa: E731
                 else:
                     run = lambda: vae.decode(z).sample  # noqa: E731
                 seconds, outputs[name] = timed(run)
@@ -105,7 +113,7 @@ def compare(what: str, repeats: int) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--decoder-only", action="store_true", help="skip the 1-step generation with the full DiT")
+    parser.add_argument("--decoder-only", action="store_true", help="only the decoder (no encoder, no 1-step generation)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -113,7 +121,7 @@ def main():
         print(json.dumps(child(args.child[0], args.child[1] == "tiled")))
         return
 
-    whats = ["decode"] + ([] if args.decoder_only else ["generate"])
+    whats = ["decode"] + ([] if args.decoder_only else ["encode", "generate"])
     # Memory first, while this process is still small: Linux carries a process's peak RSS across exec into its child.
     peaks = {}
     for what in whats:
@@ -129,7 +137,8 @@ def main():
     print("| 10 s, batch 1, this CPU | one pass (`disable_tiling`) | chunked (`enable_tiling`, default) | speedup | max diff / peak | peak RSS one pass / chunked |")
     print("|---|---|---|---|---|---|")
     for r in results:
-        label = "Gaussian DAC decode" if r["what"] == "decode" else "1-step generation, dit_v2 + decoder (ν = 1)"
+        label = {"decode": "Gaussian DAC decode", "encode": "Gaussian DAC encode (audio → audio, bandwidth extension, training)",
+                 "generate": "1-step generation, dit_v2 + decoder (ν = 1)"}[r["what"]]
         print(f"| {label} | {r['plain_s']:.2f} s | {r['tiled_s']:.2f} s | {r['speedup']:.2f}x | {r['max_rel_diff']:.1e} "
               f"| {r['plain_peak_rss_GB']:.2f} / {r['tiled_peak_rss_GB']:.2f} GB |")
     if args.json:

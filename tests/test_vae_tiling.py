@@ -1,7 +1,7 @@
-"""The Gaussian DAC decoder's chunked inference (`enable_tiling`, on by default): each upsampling block is decoded over
-time chunks with its receptive field as overlap, which must give the one-pass decode (up to float rounding) for any
-length, batch and chunk size, leave the differentiable path (loss-based guidance) as it is, and change no pipeline
-output beyond 1e-4. Its speed and memory are measured by benchmarks/bench_vae.py, not here."""
+"""The Gaussian DAC's chunked inference (`enable_tiling`, on by default): each up- or downsampling block is run over
+time chunks with its receptive field as overlap, which must give the one-pass decode and encode (up to float rounding)
+for any length, batch and chunk size, leave the differentiable path (loss-based guidance) as it is, and change no
+pipeline output beyond 1e-4. Its speed and memory are measured by benchmarks/bench_vae.py, not here."""
 
 import pytest
 import torch
@@ -15,6 +15,18 @@ def relative(a, b):
     return float((a - b).abs().max() / b.abs().max())
 
 
+def count_chunks(monkeypatch) -> list[int]:
+    """The number of chunks of every `apply_in_chunks` call the VAE makes, appended as it runs."""
+    chunks, original = [], autoencoder_gaussian_dac.apply_in_chunks
+
+    def counting(fn, x, scale, halo, size, down=1):
+        chunks.append(-(-x.shape[-1] * scale // down // size))
+        return original(fn, x, scale, halo, size, down)
+
+    monkeypatch.setattr(autoencoder_gaussian_dac, "apply_in_chunks", counting)
+    return chunks
+
+
 @pytest.mark.parametrize("frames, batch, chunk", [(37, 2, 16), (50, 1, 5000), (8, 3, 1), (101, 1, 333)])
 def test_chunked_decode_equals_the_one_pass_decode(frames, batch, chunk, monkeypatch):
     vae = tiny_vae(seed=3, decoder_rates=[4, 2, 2], encoder_rates=[2, 2, 4], decoder_dim=32)
@@ -22,14 +34,7 @@ def test_chunked_decode_equals_the_one_pass_decode(frames, batch, chunk, monkeyp
         for p in vae.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
     z = torch.randn(batch, 4, frames, generator=torch.Generator().manual_seed(frames))
-    chunks = []
-    original = autoencoder_gaussian_dac.apply_in_chunks
-
-    def counting(fn, x, scale, halo, size):
-        chunks.append(-(-x.shape[-1] * scale // size))
-        return original(fn, x, scale, halo, size)
-
-    monkeypatch.setattr(autoencoder_gaussian_dac, "apply_in_chunks", counting)
+    chunks = count_chunks(monkeypatch)
     with torch.no_grad():
         vae.disable_tiling()
         plain = vae.decode(z).sample
@@ -41,6 +46,25 @@ def test_chunked_decode_equals_the_one_pass_decode(frames, batch, chunk, monkeyp
     assert relative(chunked, plain) < 1e-5
 
 
+@pytest.mark.parametrize("samples, batch, chunk", [(37 * 16, 2, 16), (600, 1, 5000), (101 * 16 + 5, 1, 333)])
+def test_chunked_encode_equals_the_one_pass_encode(samples, batch, chunk, monkeypatch):
+    vae = tiny_vae(seed=4, decoder_rates=[4, 2, 2], encoder_rates=[2, 2, 4], decoder_dim=32)
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel() + 1)))
+    audio = 0.5 * torch.randn(batch, 1, samples, generator=torch.Generator().manual_seed(samples))
+    chunks = count_chunks(monkeypatch)
+    with torch.no_grad():
+        vae.disable_tiling()
+        plain = vae.encode(audio).latent_dist
+        assert not chunks
+        vae.enable_tiling(chunk_elements=chunk)
+        chunked = vae.encode(audio).latent_dist
+    assert len(chunks) == 4 and (max(chunks) > 1) == (chunk < 1000)  # the first convolution and 3 blocks
+    for a, b in ((chunked.mean, plain.mean), (chunked.std, plain.std)):
+        assert a.shape == b.shape and relative(a, b) < 1e-5
+
+
 def test_apply_in_chunks_is_exact_for_a_time_local_function():
     conv = torch.nn.Conv1d(3, 5, kernel_size=7, padding=9, dilation=3).double()
     x = torch.randn(2, 3, 5000, dtype=torch.float64)
@@ -48,6 +72,8 @@ def test_apply_in_chunks_is_exact_for_a_time_local_function():
         torch.testing.assert_close(apply_in_chunks(conv, x, 1, 9, 1024), conv(x), rtol=0, atol=1e-12)
         with pytest.raises(AssertionError):  # too small a halo is not exact: the test can fail
             torch.testing.assert_close(apply_in_chunks(conv, x, 1, 0, 1000), conv(x), rtol=0, atol=1e-12)
+        down = torch.nn.Conv1d(3, 4, kernel_size=8, stride=4, padding=2).double()
+        torch.testing.assert_close(apply_in_chunks(down, x, 1, 8, 100, down=4), down(x), rtol=0, atol=1e-12)
 
 
 def test_gradients_go_through_the_one_pass_path_and_bad_sizes_are_refused():

@@ -59,6 +59,7 @@ class ResidualUnit(nn.Module):
 class EncoderBlock(nn.Module):
     def __init__(self, dim: int, stride: int):
         super().__init__()
+        self.stride = stride
         self.block = nn.Sequential(
             ResidualUnit(dim // 2, dilation=1),
             ResidualUnit(dim // 2, dilation=3),
@@ -69,6 +70,19 @@ class EncoderBlock(nn.Module):
 
     def forward(self, x):
         return self.block(x)
+
+    @property
+    def halo(self) -> int:
+        """Input samples on each side that the outputs of a window depend on beyond it: the residual units' reach and
+        the strided convolution's (its kernel spans 2 strides)."""
+        return _reach(self.block) + 2 * self.stride
+
+
+def _reach(module: nn.Module) -> int:
+    """How far the stride-1 convolutions of `module` see on each side, in samples: (kernel − 1)/2 · dilation each."""
+    return sum(
+        (m.kernel_size[0] - 1) // 2 * m.dilation[0] for m in module.modules() if isinstance(m, nn.Conv1d) and m.stride[0] == 1
+    )
 
 
 class DecoderBlock(nn.Module):
@@ -92,27 +106,37 @@ class DecoderBlock(nn.Module):
     def halo(self) -> int:
         """Output samples on each side that depend on input frames outside a window: the residual units' reach
         (3·dilation per kernel-7 convolution) plus the transposed convolution's (its kernel spans 2 strides)."""
-        reach = sum((m.kernel_size[0] - 1) // 2 * m.dilation[0] for m in self.block.modules() if isinstance(m, nn.Conv1d))
-        return reach + 2 * self.stride
+        return _reach(self.block) + 2 * self.stride
 
 
-def apply_in_chunks(fn, x: torch.Tensor, scale: int, halo: int, chunk: int) -> torch.Tensor:
+def apply_in_chunks(fn, x: torch.Tensor, scale: int, halo: int, chunk: int, down: int = 1) -> torch.Tensor:
     """
-    `fn(x)` for a time-local `fn` that maps n input frames to n·`scale` output samples, computed over output chunks of
-    `chunk` samples: each chunk runs `fn` on the input window it depends on, widened by `halo` output samples on each
-    side (zero padding inside `fn` then only touches samples that are cut away), and is copied into one output tensor.
-    Equal to `fn(x)` up to float rounding; every intermediate of `fn` is chunk-sized.
+    `fn(x)` for a time-local `fn` that maps n input samples to n·`scale` output samples (an upsampling block), or to
+    n/`down` (a downsampling block, n a multiple of `down`), computed over output chunks of `chunk` samples: each
+    chunk runs `fn` on the input window it depends on, widened by `halo` samples on each side (output samples when
+    upsampling, input samples when downsampling; zero padding inside `fn` then only touches samples that are cut
+    away), and is copied into one output tensor. Equal to `fn(x)` up to float rounding; every intermediate of `fn` is
+    chunk-sized.
     """
+    if scale != 1 and down != 1:
+        raise ValueError("apply_in_chunks takes an upsampling (scale) or a downsampling (down) function, not both")
     frames = x.shape[-1]
-    total, margin = frames * scale, -(-halo // scale) + 1
+    total = frames * scale // down
+    # the input window's margin, in output samples per input sample (up) or in input samples per output sample (down)
+    margin = -(-halo // scale) + 1 if down == 1 else -(-halo // down) + 1
     out = None
     for start in range(0, total, chunk):
         end = min(total, start + chunk)
-        first, last = max(0, start // scale - margin), min(frames, -(-end // scale) + margin)
+        if down == 1:
+            first, last = max(0, start // scale - margin), min(frames, -(-end // scale) + margin)
+            offset = start - first * scale
+        else:
+            first, last = max(0, (start - margin) * down), min(frames, (end + margin) * down)
+            offset = start - first // down
         y = fn(x[..., first:last])
         if out is None:
             out = y.new_empty(*y.shape[:-1], total)
-        out[..., start:end] = y[..., start - first * scale : end - first * scale]
+        out[..., start:end] = y[..., offset : offset + end - start]
     return out
 
 
@@ -125,9 +149,22 @@ class Encoder(nn.Module):
             layers.append(EncoderBlock(d_model, stride))
         layers += [Snake1d(d_model), nn.Conv1d(d_model, 2 * d_latent, kernel_size=3, padding=1)]
         self.block = nn.Sequential(*layers)
+        self.chunk_elements: int | None = 2**20  # as the decoder's (`Decoder.chunk_elements`)
 
     def forward(self, x):
-        return self.block(x)
+        if torch.is_grad_enabled() or self.chunk_elements is None or x.device.type != "cpu" or x.shape[-1] % self.hop:
+            return self.block(x)
+        layers = list(self.block)
+        first = layers[0]  # kernel-7 convolution at the full rate
+        x = apply_in_chunks(first, x, 1, 3, max(6, self.chunk_elements // first.out_channels))
+        for block in layers[1:-2]:
+            chunk = max(2 * block.halo // block.stride, self.chunk_elements // (block.block[-1].in_channels * block.stride))
+            x = apply_in_chunks(block, x, 1, block.halo, chunk, down=block.stride)
+        return nn.Sequential(*layers[-2:])(x)  # Snake and the kernel-3 convolution at the latent rate
+
+    @property
+    def hop(self) -> int:
+        return int(np.prod([block.stride for block in self.block if isinstance(block, EncoderBlock)]))
 
 
 class Decoder(nn.Module):
@@ -210,16 +247,16 @@ class AutoencoderGaussianDAC(LatentStatisticsMixin, ModelMixin, ConfigMixin):
                 nn.init.zeros_(module.bias)
 
     def enable_tiling(self, chunk_elements: int = 2**20) -> None:
-        """Decode on the CPU (without gradient) in time chunks whose activations hold about `chunk_elements` values
-        each: the same output up to float rounding, faster and with a lower peak memory. On by default; an accelerator
-        always decodes in one pass."""
+        """Encode and decode on the CPU (without gradient) in time chunks whose activations hold about
+        `chunk_elements` values each: the same output up to float rounding, faster and with a lower peak memory. On by
+        default; an accelerator always runs in one pass."""
         if isinstance(chunk_elements, bool) or not isinstance(chunk_elements, int) or chunk_elements < 1:
             raise ValueError(f"chunk_elements must be a positive int, got {chunk_elements!r}")
-        self.decoder.chunk_elements = chunk_elements
+        self.encoder.chunk_elements = self.decoder.chunk_elements = chunk_elements
 
     def disable_tiling(self) -> None:
-        """Decode the whole clip in one pass through every layer."""
-        self.decoder.chunk_elements = None
+        """Encode and decode the whole clip in one pass through every layer."""
+        self.encoder.chunk_elements = self.decoder.chunk_elements = None
 
     @property
     def hop_length(self) -> int:
