@@ -15,6 +15,25 @@ def relative(a, b):
     return float((a - b).abs().max() / b.abs().max())
 
 
+def perturbed_vae(seed):
+    """A tiny DAC (three up/down blocks) with every weight and α away from its init, so that no layer is near the
+    identity."""
+    vae = tiny_vae(seed=seed, decoder_rates=[4, 2, 2], encoder_rates=[2, 2, 4], decoder_dim=32)
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel() + seed)))
+    return vae
+
+
+def one_pass_and_chunked(vae, run, chunk, chunks):
+    with torch.no_grad():
+        vae.disable_tiling()
+        plain = run()
+        assert not chunks  # the one-pass setting makes no chunked call
+        vae.enable_tiling(chunk_elements=chunk)
+        return plain, run()
+
+
 def count_chunks(monkeypatch) -> list[int]:
     """The number of chunks of every `apply_in_chunks` call the VAE makes, appended as it runs."""
     chunks, original = [], autoencoder_gaussian_dac.apply_in_chunks
@@ -29,18 +48,10 @@ def count_chunks(monkeypatch) -> list[int]:
 
 @pytest.mark.parametrize("frames, batch, chunk", [(37, 2, 16), (50, 1, 5000), (8, 3, 1), (101, 1, 333)])
 def test_chunked_decode_equals_the_one_pass_decode(frames, batch, chunk, monkeypatch):
-    vae = tiny_vae(seed=3, decoder_rates=[4, 2, 2], encoder_rates=[2, 2, 4], decoder_dim=32)
-    with torch.no_grad():  # every weight and α away from its init, so that no layer is near the identity
-        for p in vae.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    vae = perturbed_vae(3)
     z = torch.randn(batch, 4, frames, generator=torch.Generator().manual_seed(frames))
     chunks = count_chunks(monkeypatch)
-    with torch.no_grad():
-        vae.disable_tiling()
-        plain = vae.decode(z).sample
-        assert not chunks
-        vae.enable_tiling(chunk_elements=chunk)
-        chunked = vae.decode(z).sample
+    plain, chunked = one_pass_and_chunked(vae, lambda: vae.decode(z).sample, chunk, chunks)
     assert len(chunks) == 4 and (max(chunks) > 1) == (chunk < 1000)  # 3 blocks and the output layers
     assert chunked.shape == plain.shape == (batch, 1, frames * vae.hop_length)
     assert relative(chunked, plain) < 1e-5
@@ -48,18 +59,10 @@ def test_chunked_decode_equals_the_one_pass_decode(frames, batch, chunk, monkeyp
 
 @pytest.mark.parametrize("samples, batch, chunk", [(37 * 16, 2, 16), (600, 1, 5000), (101 * 16 + 5, 1, 333)])
 def test_chunked_encode_equals_the_one_pass_encode(samples, batch, chunk, monkeypatch):
-    vae = tiny_vae(seed=4, decoder_rates=[4, 2, 2], encoder_rates=[2, 2, 4], decoder_dim=32)
-    with torch.no_grad():
-        for p in vae.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel() + 1)))
+    vae = perturbed_vae(4)
     audio = 0.5 * torch.randn(batch, 1, samples, generator=torch.Generator().manual_seed(samples))
     chunks = count_chunks(monkeypatch)
-    with torch.no_grad():
-        vae.disable_tiling()
-        plain = vae.encode(audio).latent_dist
-        assert not chunks
-        vae.enable_tiling(chunk_elements=chunk)
-        chunked = vae.encode(audio).latent_dist
+    plain, chunked = one_pass_and_chunked(vae, lambda: vae.encode(audio).latent_dist, chunk, chunks)
     assert len(chunks) == 4 and (max(chunks) > 1) == (chunk < 1000)  # the first convolution and 3 blocks
     for a, b in ((chunked.mean, plain.mean), (chunked.std, plain.std)):
         assert a.shape == b.shape and relative(a, b) < 1e-5
