@@ -1,7 +1,8 @@
 """The Gaussian DAC's chunked inference (`enable_tiling`, on by default): each up- or downsampling block is run over
 time chunks with its receptive field as overlap, which must give the one-pass decode and encode (up to float rounding)
 for any length, batch and chunk size, leave the differentiable path (loss-based guidance) as it is, and change no
-pipeline output beyond 1e-4. Its speed and memory are measured by benchmarks/bench_vae.py, not here."""
+pipeline output beyond 1e-4 (the speed issue's tolerance, used throughout: a halo too small is off by O(1), and
+float rounding on the tiny saturating models here reaches a few 1e-5 for some weight draws). Its speed and memory are measured by benchmarks/bench_vae.py, not here."""
 
 import pytest
 import torch
@@ -54,7 +55,7 @@ def test_chunked_decode_equals_the_one_pass_decode(frames, batch, chunk, monkeyp
     plain, chunked = one_pass_and_chunked(vae, lambda: vae.decode(z).sample, chunk, chunks)
     assert len(chunks) == 4 and (max(chunks) > 1) == (chunk < 1000)  # 3 blocks and the output layers
     assert chunked.shape == plain.shape == (batch, 1, frames * vae.hop_length)
-    assert relative(chunked, plain) < 1e-5
+    assert relative(chunked, plain) < 1e-4
 
 
 @pytest.mark.parametrize("samples, batch, chunk", [(37 * 16, 2, 16), (600, 1, 5000), (101 * 16 + 5, 1, 333)])
@@ -65,7 +66,7 @@ def test_chunked_encode_equals_the_one_pass_encode(samples, batch, chunk, monkey
     plain, chunked = one_pass_and_chunked(vae, lambda: vae.encode(audio).latent_dist, chunk, chunks)
     assert len(chunks) == 4 and (max(chunks) > 1) == (chunk < 1000)  # the first convolution and 3 blocks
     for a, b in ((chunked.mean, plain.mean), (chunked.std, plain.std)):
-        assert a.shape == b.shape and relative(a, b) < 1e-5
+        assert a.shape == b.shape and relative(a, b) < 1e-4
 
 
 def test_apply_in_chunks_is_exact_for_a_time_local_function():
