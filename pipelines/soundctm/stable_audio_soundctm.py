@@ -113,7 +113,8 @@ class SoundCTMStableAudioDiTModel(StableAudioDiTModel):
                 T5 states by the tokenizer mask, and its unconditional half without a negative prompt is an all-zero
                 sequence whose global states keep the real seconds). The default global states are built from the
                 last two tokens BEFORE zeroing, so an all-False mask is that null condition. None: every token kept.
-            attention_mask (`torch.Tensor` of shape `(batch, frames)`, *optional*): the same, for the latent frames.
+            attention_mask (`torch.Tensor` of shape `(batch, frames)`, *optional*): an attention mask over the latent
+                frames, passed to `StableAudioDiTModel` (True/1 = attend; an all-True mask is dropped, the same result).
             return_dict (`bool`, defaults to `True`): return a `Transformer2DModelOutput` rather than a tuple.
 
         Returns:
