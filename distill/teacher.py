@@ -21,7 +21,6 @@ from abc import ABC, abstractmethod
 
 import torch
 from diffusers import DiffusionPipeline, StableAudioDiTModel, UNet2DConditionModel
-from diffusers.models.embeddings import get_1d_rotary_pos_embed
 
 from soundctm import (
     AutoencoderOobleckSoundCTM,
@@ -34,6 +33,7 @@ from soundctm import (
     SoundCTMUNet2DConditionModel,
 )
 from soundctm.pipeline import concat_conditioning
+from soundctm.stable_audio_soundctm import stable_audio_global_states, stable_audio_rotary_embedding
 
 TEACHER_CLASSES = (SoundCTMDiTModel, UNet2DConditionModel, StableAudioDiTModel)
 TEACHER_FAMILIES = (
@@ -237,12 +237,10 @@ class StableAudioTeacher(DistillationTeacher):
     def c_noise(self, sigma: torch.Tensor) -> torch.Tensor:
         return self.preconditioning.sigma_to_timestep(sigma)
 
-    def _rotary_embedding(self, length: int, device):
-        key = (length, str(device))
+    def _rotary_embedding(self, frames: int, device):
+        key = (frames, str(device))
         if key not in self._rotary:  # as the pipeline: over the global token and the latent frames
-            cos, sin = get_1d_rotary_pos_embed(
-                self.transformer.config.attention_head_dim // 2, length, use_real=True, repeat_interleave_real=False
-            )
+            cos, sin = stable_audio_rotary_embedding(self.transformer.config.attention_head_dim, frames)
             self._rotary[key] = (cos.to(device), sin.to(device))
         return self._rotary[key]
 
@@ -252,8 +250,7 @@ class StableAudioTeacher(DistillationTeacher):
         dtype = self.transformer.dtype
         sigma = sigma.float().reshape(-1)
         c_in = self.preconditioning.c_in(sigma)
-        start_end = encoder_hidden_states[:, -2:]
-        global_states = start_end.reshape(start_end.shape[0], 1, -1)  # cat([start, end], dim=2)
+        global_states = stable_audio_global_states(encoder_hidden_states)
         if encoder_attention_mask is not None:
             keep = encoder_attention_mask.to(encoder_hidden_states.device).unsqueeze(-1)
             encoder_hidden_states = encoder_hidden_states * keep.to(encoder_hidden_states.dtype)
@@ -262,7 +259,7 @@ class StableAudioTeacher(DistillationTeacher):
             self.c_noise(sigma),
             encoder_hidden_states=encoder_hidden_states.to(dtype),
             global_hidden_states=global_states.to(dtype),
-            rotary_embedding=self._rotary_embedding(z.shape[-1] + 1, z.device),
+            rotary_embedding=self._rotary_embedding(z.shape[-1], z.device),
         ).sample
 
     def denoise(self, z, sigma, encoder_hidden_states, encoder_attention_mask=None):

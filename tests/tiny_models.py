@@ -220,6 +220,16 @@ def tiny_mel_vocoder(seed: int = 0, **config) -> AutoencoderMelVocoder:
     return model.eval()
 
 
+def offset_weights(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Every weight offset by 0.05·N(0, 1) from a generator seeded with `seed` (no weight zero, no two tensors alike);
+    the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
 def tiny_unet(student: bool, cross_attention_dim: int, seed: int = 0, frames: int = 8) -> UNet2DConditionModel:
     """TANGO's UNet (its block types, linear projection, upcast attention), small, on `tiny_mel_vocoder`'s latents
     `(LATENT, frames, n_mels / 4)`; every weight offset at random so that no two tensors are alike. The student is
@@ -238,11 +248,7 @@ def tiny_unet(student: bool, cross_attention_dim: int, seed: int = 0, frames: in
     model = UNet2DConditionModel(**config)
     if student:
         model = SoundCTMUNet2DConditionModel.from_teacher(model)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model.eval()
+    return offset_weights(model, seed + 1)
 
 
 def tiny_unet16k_pipeline(student: bool = True, seed: int = 0) -> SoundCTMPipeline:
@@ -278,11 +284,7 @@ def tiny_stable_audio_dit(cross_attention_input_dim: int, seed: int = 0, frames:
         global_states_input_dim=2 * cross_attention_input_dim,
         cross_attention_input_dim=cross_attention_input_dim,
     )
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model.eval()
+    return offset_weights(model, seed + 1)
 
 
 def tiny_oobleck_vae(seed: int = 0, sampling_rate: int = 44100) -> AutoencoderOobleckSoundCTM:
