@@ -112,6 +112,21 @@ def open_audio_caption_dataset(
     return dataset, base_dir
 
 
+def open_dataset_of_args(args, rank: int = 0, world_size: int = 1):
+    """`open_audio_caption_dataset` with the trainer's options (`--dataset_name`, `--audio_column`, ...)."""
+    return open_audio_caption_dataset(
+        args.dataset_name,
+        args.audio_column,
+        args.caption_column,
+        split=args.dataset_split,
+        config_name=args.dataset_config_name,
+        revision=args.dataset_revision,
+        cache_dir=args.cache_dir,
+        rank=rank,
+        world_size=world_size,
+    )
+
+
 def _require_torchcodec(where: str) -> None:
     try:
         import torchcodec  # noqa: F401

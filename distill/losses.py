@@ -21,12 +21,20 @@ def append_dims(x: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- (t, u, s) sampling
-def sample_num_heun_steps(max_heun_steps: int, generator: torch.Generator) -> int:
-    """k ∈ {1, ..., max_heun_steps} with P(k) ∝ k: the number of teacher Heun steps t → u, one k per batch (the
-    authors' `heun_step_strategy: weighted`; at most N − 1 = 39 steps, Appendix D)."""
+HEUN_STEP_STRATEGIES = ("weighted", "uniform")
+
+
+def sample_num_heun_steps(max_heun_steps: int, generator: torch.Generator, strategy: str = "weighted") -> int:
+    """k ∈ {1, ..., max_heun_steps}: the number of teacher Heun steps t → u, one k per batch. `strategy` is the
+    authors' `heun_step_strategy`: "weighted", P(k) ∝ k (their setting; at most N − 1 = 39 steps, Appendix D), or
+    "uniform"."""
     if max_heun_steps < 1:
         raise ValueError(f"max_heun_steps must be >= 1, got {max_heun_steps}")
+    if strategy not in HEUN_STEP_STRATEGIES:
+        raise ValueError(f"heun_step_strategy must be one of {', '.join(HEUN_STEP_STRATEGIES)}; got {strategy!r}")
     weights = torch.arange(1, max_heun_steps + 1, dtype=torch.float64)
+    if strategy == "uniform":
+        weights = torch.ones_like(weights)
     return int(torch.multinomial(weights, 1, generator=generator)) + 1
 
 

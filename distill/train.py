@@ -48,9 +48,10 @@ from accelerate.utils import DistributedType, ProjectConfiguration  # noqa: E402
 from diffusers.optimization import get_scheduler  # noqa: E402
 from diffusers.training_utils import EMAModel  # noqa: E402
 
-from distill.data import AudioCaptionStream, BatchPrefetcher, mix_augment, open_audio_caption_dataset  # noqa: E402
+from distill.data import AudioCaptionStream, BatchPrefetcher, mix_augment, open_dataset_of_args  # noqa: E402
 from distill.latent_cache import PosteriorCache  # noqa: E402
 from distill.losses import (  # noqa: E402
+    HEUN_STEP_STRATEGIES,
     adaptive_dsm_weight,
     append_dims,
     ctm_jump,
@@ -67,7 +68,9 @@ from distill.losses import (  # noqa: E402
     student_output,
 )
 from distill.teacher import DistillationTeacher, load_teacher_pipeline, make_student, make_teacher, student_last_layer  # noqa: E402
+from distill.trajectories import TeacherTrajectories, load_or_solve  # noqa: E402
 from soundctm import CTMScheduler, SoundCTMDiTModel, SoundCTMPipeline  # noqa: E402
+from soundctm.pipeline import concat_conditioning  # noqa: E402
 
 logger = get_logger(__name__)
 
@@ -171,6 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="Cap on k, the teacher's Heun steps t -> u (default N - 1; P(k) ∝ k on 1..cap).",
+    )
+    parser.add_argument(
+        "--heun_step_strategy",
+        type=str,
+        default="weighted",
+        choices=HEUN_STEP_STRATEGIES,
+        help="How k is drawn on 1..cap: 'weighted' P(k) ∝ k (the authors'), or 'uniform' (more short jumps).",
+    )
+    parser.add_argument(
+        "--num_teacher_trajectories",
+        type=int,
+        default=0,
+        help="Solve this many whole teacher trajectories (per process) before the first step and look line 9's solve "
+        "up in them instead of solving it at every step (distill/trajectories.py); 0 = the online solve.",
     )
     parser.add_argument("--omega_min", type=float, default=1.0, help="ω_min of ω ~ U[ω_min, ω_max].")
     parser.add_argument("--omega_max", type=float, default=10.0, help="ω_max of ω ~ U[ω_min, ω_max].")
@@ -346,6 +363,8 @@ def check_args(args: argparse.Namespace) -> None:
     ):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.num_teacher_trajectories < 0:
+        raise ValueError(f"--num_teacher_trajectories must be >= 0 (0 = solve online), got {args.num_teacher_trajectories}")
     if args.dataloader_prefetch < 0:
         raise ValueError(f"--dataloader_prefetch must be >= 0, got {args.dataloader_prefetch}")
     if args.mix_augment < 0:
@@ -381,6 +400,13 @@ def training_length(args, transformer_config, vae) -> int:
     return int(args.sample_size or (size[0] if isinstance(size, (list, tuple)) else size))
 
 
+def latent_bins(transformer_config) -> list[int]:
+    """The latent's axes after channels and frames: a UNet's mel bins (its `sample_size` is (frames, bins)), none for
+    a DiT."""
+    size = transformer_config.sample_size
+    return [int(n) for n in size[1:]] if isinstance(size, (list, tuple)) else []
+
+
 @torch.no_grad()
 def check_vae_length(vae, sample_size: int, transformer_config, device) -> None:
     """The VAE must turn sample_size·hop samples into exactly the latent the transformer takes: (in_channels,
@@ -388,8 +414,7 @@ def check_vae_length(vae, sample_size: int, transformer_config, device) -> None:
     channels = getattr(vae.config, "audio_channels", 1)
     audio = torch.zeros(1, channels, sample_size * vae.hop_length, device=device, dtype=vae.dtype)
     latent = vae.encode(audio).latent_dist.mean
-    size = transformer_config.sample_size
-    expected = (transformer_config.in_channels, sample_size, *(list(size)[1:] if isinstance(size, (list, tuple)) else []))
+    expected = (transformer_config.in_channels, sample_size, *latent_bins(transformer_config))
     if tuple(latent.shape[1:]) != expected:
         raise ValueError(
             f"the model length of {sample_size} latent frames ({sample_size * vae.hop_length} samples) cannot be "
@@ -453,6 +478,11 @@ class CTMBatch:
     dsm_sigma: torch.Tensor  # (B,)
     z_dsm: torch.Tensor  # z_0 + σ·ε'
     k: int
+    # the DSM half's conditioning when it is not the CTM half's (teacher trajectories: the CTM half is the
+    # trajectories' captions and ω, the DSM half the training clips')
+    dsm_cond: torch.Tensor | None = None
+    dsm_cond_mask: torch.Tensor | None = None
+    dsm_omega: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -473,6 +503,7 @@ def ctm_batch(
     timer: PhaseTimer,
     latent_cache: PosteriorCache | None = None,
     text_kwargs: dict | None = None,
+    trajectories: TeacherTrajectories | None = None,
 ) -> CTMBatch:
     """
     Lines 2-10 of Algorithm 2: latents, caption dropout, (t, u, s) and ω, the teacher's solve t → u and the target
@@ -482,6 +513,8 @@ def ctm_batch(
     `generator` draws the rest, per process. Both live on the CPU: a run is reproducible on any device.
     `latent_cache`, if given, supplies the posteriors of clips it has seen (the same sample is drawn from them).
     `text_kwargs` go to `pipe.encode_text` (`pipe.conditioning_kwargs`: Stable Audio's seconds conditioning).
+    `trajectories`, if given, supply z_t, the teacher's z_u, the caption and ω of the CTM half (distill/trajectories.py);
+    the clips then serve the DSM half only.
     """
     device, batch = accelerator.device, audio.shape[0]
     vae, num_timesteps = pipe.vae, sigmas.shape[0]
@@ -501,7 +534,7 @@ def ctm_batch(
     uncond = uncond_embeds[0].expand(batch, -1, -1)
     uncond_mask = None if uncond_embeds[1] is None else uncond_embeds[1].expand(batch, -1)
     # 5-8: ε, (t, u, s) on the grid, ω; the DSM noise level σ with its own ε.
-    k = sample_num_heun_steps(args.max_heun_steps or num_timesteps - 1, shared_generator)
+    k = sample_num_heun_steps(args.max_heun_steps or num_timesteps - 1, shared_generator, args.heun_step_strategy)
     n, u, s = (index.to(device) for index in sample_ctm_indices(batch, num_timesteps, k, generator))
     omega = sample_omega(batch, args.omega_min, args.omega_max, generator).to(device)
     eps = torch.randn(z0.shape, generator=generator).to(device)
@@ -511,11 +544,23 @@ def ctm_batch(
     ).to(device)
     dsm_eps = torch.randn(z0.shape, generator=generator).to(device)
     t_sigma, u_sigma, s_sigma = sigmas[n], sigmas[u], sigmas[s]
-    z_t = z0 + append_dims(t_sigma, z0.ndim) * eps
-
-    # 9: z_u = Solver(z_t, c, ω, t, u; φ), k Heun steps of the guided teacher.
-    with timer("teacher_solve"), accelerator.autocast():
-        z_u = heun_solve_cfg(teacher, z_t, sigmas, n, k, cond, uncond, omega, cond_mask, uncond_mask)
+    dsm_conditioning = {}
+    if trajectories is None:
+        z_t = z0 + append_dims(t_sigma, z0.ndim) * eps
+        # 9: z_u = Solver(z_t, c, ω, t, u; φ), k Heun steps of the guided teacher.
+        with timer("teacher_solve"), accelerator.autocast():
+            z_u = heun_solve_cfg(teacher, z_t, sigmas, n, k, cond, uncond, omega, cond_mask, uncond_mask)
+    else:
+        # z_t on a solved trajectory, and the solve t -> u looked up on it; its caption and ω condition the CTM half.
+        with timer("teacher_solve"):
+            index = torch.randint(len(trajectories), (batch,), generator=generator)
+            z_t, z_u = (z.to(device) for z in trajectories.lookup(index, n, u))
+            dsm_conditioning = {"dsm_cond": cond, "dsm_cond_mask": cond_mask, "dsm_omega": omega}
+            omega = trajectories.omega[index].to(device)
+        with timer("text_encode"):
+            cond, cond_mask = pipe.encode_text(
+                [trajectories.captions[j] for j in index.tolist()], device, return_mask=True, **(text_kwargs or {})
+            )
     # 10: z_target = G_sg(θ)(z_u, c, ω, u, s).
     with timer("target_jump"), accelerator.autocast():
         F_target = student_output(target, scheduler, z_u, u_sigma, s_sigma, omega, cond, cond_mask)
@@ -532,6 +577,7 @@ def ctm_batch(
         dsm_sigma=dsm_sigma,
         z_dsm=z0 + append_dims(dsm_sigma, z0.ndim) * dsm_eps,
         k=k,
+        **dsm_conditioning,
     )
 
 
@@ -555,6 +601,13 @@ def student_backward(
     those of L_CTM + λ_DSM·L_DSM (λ_DSM held constant) without the two extra backward passes of the authors' code.
     Returns the logged values.
     """
+    if batch.dsm_cond is None:  # both halves have the batch's captions and ω
+        embeds = torch.cat([batch.cond, batch.cond])
+        mask = None if batch.cond_mask is None else torch.cat([batch.cond_mask, batch.cond_mask])
+        omega = torch.cat([batch.omega, batch.omega])
+    else:
+        embeds, mask = concat_conditioning((batch.cond, batch.cond_mask), (batch.dsm_cond, batch.dsm_cond_mask))
+        omega = torch.cat([batch.omega, batch.dsm_omega])
     with timer("student_forward"), accelerator.autocast():
         F = student_output(
             student,
@@ -562,9 +615,9 @@ def student_backward(
             torch.cat([batch.z_t, batch.z_dsm]),
             torch.cat([batch.t, batch.dsm_sigma]),
             torch.cat([batch.s, batch.dsm_sigma]),
-            torch.cat([batch.omega, batch.omega]),
-            torch.cat([batch.cond, batch.cond]),
-            None if batch.cond_mask is None else torch.cat([batch.cond_mask, batch.cond_mask]),
+            omega,
+            embeds,
+            mask,
         )
     last_input = last_layer_input.value
     F_ctm, F_dsm = F.chunk(2)
@@ -754,17 +807,7 @@ def open_stream(
 ) -> AudioCaptionStream:
     """This process's part of the dataset as a stream of clips of `num_samples` at `sampling_rate`, mono or (for a
     stereo VAE, `channels=2`) stereo."""
-    dataset, base_dir = open_audio_caption_dataset(
-        args.dataset_name,
-        args.audio_column,
-        args.caption_column,
-        split=args.dataset_split,
-        config_name=args.dataset_config_name,
-        revision=args.dataset_revision,
-        cache_dir=args.cache_dir,
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
-    )
+    dataset, base_dir = open_dataset_of_args(args, accelerator.process_index, accelerator.num_processes)
     return AudioCaptionStream(
         dataset,
         args.audio_column,
@@ -1027,6 +1070,20 @@ def main(args: argparse.Namespace) -> str:
     logger.info(f"  batch per process = {args.train_batch_size}, total batch = {total_batch}")
     logger.info(f"  steps = {args.max_train_steps} (from {global_step}), grid N = {args.num_timesteps}")
 
+    trajectories = None
+    if args.num_teacher_trajectories:
+        trajectories = load_or_solve(
+            args,
+            pipe,
+            teacher,
+            sigmas,
+            (pipe.transformer.config.in_channels, sample_size, *latent_bins(pipe.transformer.config)),
+            rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
+            uncond_embeds=uncond_embeds,
+            text_kwargs=text_kwargs,
+            autocast=accelerator.autocast,
+        )
     latent_cache = None
     if args.cache_latents or args.latent_cache_dir:
         latent_cache = PosteriorCache(pipe.vae, args.latent_cache_dir, batch_size=args.train_batch_size)
@@ -1066,6 +1123,7 @@ def main(args: argparse.Namespace) -> str:
                     timer=timer,
                     latent_cache=latent_cache,
                     text_kwargs=text_kwargs,
+                    trajectories=trajectories,
                 )
                 logs = student_backward(
                     batch,

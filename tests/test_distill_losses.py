@@ -266,6 +266,7 @@ def step_args(**overrides):
     args = dict(
         p_uncond=0.25,
         max_heun_steps=None,
+        heun_step_strategy="weighted",
         omega_min=1.0,
         omega_max=10.0,
         dsm_p_mean=-1.2,
