@@ -220,6 +220,8 @@ def adaptive_dsm_weight(grad_ctm: torch.Tensor, grad_dsm: torch.Tensor, max_weig
     return weight.clamp(0.0, max_weight).detach()
 
 
-def expected_heun_steps(max_heun_steps: int) -> float:
-    """E[k] under P(k) ∝ k on 1..K: (2K + 1) / 3."""
-    return (2 * max_heun_steps + 1) / 3 if max_heun_steps >= 1 else math.nan
+def expected_heun_steps(max_heun_steps: int, strategy: str = "weighted") -> float:
+    """E[k] on 1..K: (2K + 1) / 3 under P(k) ∝ k ("weighted"), (K + 1) / 2 under "uniform"."""
+    if max_heun_steps < 1:
+        return math.nan
+    return (2 * max_heun_steps + 1) / 3 if strategy == "weighted" else (max_heun_steps + 1) / 2

@@ -15,7 +15,7 @@ from tiny_models import tiny_pipeline
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from distill.losses import heun_solve_cfg, sample_num_heun_steps  # noqa: E402
+from distill.losses import expected_heun_steps, heun_solve_cfg, sample_num_heun_steps  # noqa: E402
 from distill.teacher import SoundCTMTeacher  # noqa: E402
 from distill.trajectories import read_captions, solve_trajectories  # noqa: E402
 from soundctm import CTMScheduler  # noqa: E402
@@ -67,6 +67,8 @@ def test_uniform_heun_step_strategy_draws_every_k_alike():
     g = torch.Generator().manual_seed(0)
     draws = torch.tensor([sample_num_heun_steps(5, g, "uniform") for _ in range(10000)])
     assert ((torch.bincount(draws, minlength=6)[1:] / len(draws) - 0.2).abs() < 0.015).all()
+    assert expected_heun_steps(5, "uniform") == pytest.approx(float(draws.double().mean()), abs=0.05)
+    assert expected_heun_steps(5, "uniform") == 3.0 and expected_heun_steps(5) == 11 / 3
     with pytest.raises(ValueError, match="heun_step_strategy must be one of weighted, uniform"):
         sample_num_heun_steps(5, g, "linear")
 

@@ -87,7 +87,7 @@ SCORED_CLASSES = ("tone/low/fade_out", "tone/high/fade_in", "beeps/low/slow", "b
 
 
 def test_the_student_follows_held_out_prompts_at_1_and_16_steps(pipes):
-    """A regression floor well below what the bundled student measured on these 13 prompts (1 step: 5 of 13, 16 steps:
+    """A regression floor well below what the bundled student measured on these 13 prompts (1 step: 6 of 13, 16 steps:
     7 of 13; the full table is benchmarks/bench_quality.py's); one at the previous demo's 7.4 % would match about 1."""
     from recipes.procedural.common import generate
     from recipes.procedural.evaluate import score

@@ -49,7 +49,7 @@ def card_facts(student: bool) -> CardFacts:
         origin="Trained on a 2-core CPU by the recipe in recipes/procedural/ of the SoundCTM for diffusers project"
         + ("; distilled from the demo teacher by its distill/train.py." if student else "."),
         example_prompts=EXAMPLE_PROMPTS,
-        # ν = 5 overshoots this small student (42.6 % of held-out prompts at 8 steps, against 70.6 % at ν 1)
+        # ν = 5 overshoots this small student (35.3 % of held-out prompts at 8 steps, against 66.2 % at ν 1)
         refine_nu=1.0 if student else CardFacts.refine_nu,
     )
 
