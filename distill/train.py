@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_heun_steps",
         type=int,
         default=None,
-        help="Cap on k, the teacher's Heun steps t -> u (default N - 1; P(k) ∝ k on 1..cap).",
+        help="Cap on k, the teacher's Heun steps t -> u (default N - 1; drawn on 1..cap by --heun_step_strategy).",
     )
     parser.add_argument(
         "--heun_step_strategy",
@@ -888,6 +888,7 @@ def student_card_facts(args, total_batch_size: int | None = None):
             f"distilled from {teacher_name} on {args.dataset_name if is_hub_id(args.dataset_name) else 'a local dataset'} with "
             f"distill/train.py: {args.max_train_steps} steps{batch}, ω ~ U[{args.omega_min:g}, {args.omega_max:g}], "
             f"{args.num_timesteps}-point grid, {args.ctm_distance} distance"
+            + (f", the teacher's solve looked up in {args.num_teacher_trajectories} solved trajectories" if args.num_teacher_trajectories else "")
         ),
         origin=f"Distilled with this project's distill/train.py from {teacher_name}.",
         repo_id=args.hub_model_id,

@@ -88,6 +88,7 @@ def test_a_run_on_solved_trajectories_resumes_bit_exactly_and_reuses_them(workdi
     (root / "teacher").symlink_to(workdir / "teacher")
     result = distil_and_resume(root, common)
     assert "teacher trajectories: 6 of 6 solved" in result.stderr
+    assert "the teacher's solve looked up in 6 solved trajectories" in (root / "full" / "README.md").read_text()
     resumed = launch(root, root / "part", *common, "--max_train_steps", "5", "--resume_from_checkpoint", "latest")
     assert "teacher trajectories: read 6 from" in resumed.stderr and "solved" not in resumed.stderr
     other = launch(root, root / "part", *common, "--max_train_steps", "6", "--omega_max", "5", "--resume_from_checkpoint", "latest")
