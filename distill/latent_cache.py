@@ -15,8 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
-def vae_fingerprint(vae) -> str:
-    """A short hash of the VAE's config and weights: posteriors cached for one VAE are never read for another."""
+def module_fingerprint(vae) -> str:
+    """A short hash of a model's config and weights: posteriors cached for one VAE are never read for another (and
+    teacher trajectories solved by one teacher never reused for another)."""
     digest = hashlib.blake2b(digest_size=8)
     # the config without diffusers' private keys: `_name_or_path` says where it was loaded from, not what it is
     digest.update(repr(sorted((k, v) for k, v in dict(vae.config).items() if not k.startswith("_"))).encode())
@@ -43,7 +44,7 @@ class PosteriorCache:
 
     def __init__(self, vae, cache_dir: str | None = None, batch_size: int = 8):
         self.vae, self.batch_size = vae, int(batch_size)
-        self.folder = None if cache_dir is None else os.path.join(cache_dir, vae_fingerprint(vae))
+        self.folder = None if cache_dir is None else os.path.join(cache_dir, module_fingerprint(vae))
         if self.folder is not None:
             os.makedirs(self.folder, exist_ok=True)
         self.memory: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .data import EmptyStreamError, open_dataset_of_args, pick_caption
-from .latent_cache import vae_fingerprint
+from .latent_cache import module_fingerprint
 from .losses import drop_captions, heun_solve_cfg, sample_omega
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def solve_trajectories(
             index = torch.full((b,), i, device=device, dtype=torch.long)
             with autocast():
                 z = heun_solve_cfg(teacher, z, sigmas, index, 1, cond, uncond, w, cond_mask, uncond_mask)
-            points[start : start + b, i + 1] = z.float().cpu()
+            points[start : start + b, i + 1] = z.cpu()
         logger.info(f"teacher trajectories: {start + b} of {len(captions)} solved")
     return points
 
@@ -114,7 +114,7 @@ def trajectory_settings(args, pipe, sigmas: torch.Tensor, latent_shape, rank: in
         "format": FORMAT_VERSION,
         "count": args.num_teacher_trajectories,
         "teacher": args.pretrained_teacher_model,
-        "teacher_fingerprint": vae_fingerprint(pipe.transformer),
+        "teacher_fingerprint": module_fingerprint(pipe.transformer),
         "dataset": args.dataset_name,
         "caption_column": args.caption_column,
         "sigmas": [round(float(s), 7) for s in sigmas.cpu()],
@@ -133,9 +133,8 @@ def load_or_solve(args, pipe, teacher, sigmas, latent_shape, *, rank, world_size
     settings (a resumed run), solved and saved otherwise. Draws from its own generator (seeded by --seed and the
     rank), so the run's other random draws are the same with or without trajectories."""
     folder = os.path.join(args.output_dir, "teacher_trajectories")
-    path = os.path.join(folder, f"rank{rank}.safetensors")
+    path, meta_path = (os.path.join(folder, f"rank{rank}.{ext}") for ext in ("safetensors", "json"))
     settings = trajectory_settings(args, pipe, sigmas, latent_shape, rank, world_size)
-    meta_path = path[: -len(".safetensors")] + ".json"
     if os.path.isfile(path) and os.path.isfile(meta_path):
         with open(meta_path) as f:
             saved = json.load(f)

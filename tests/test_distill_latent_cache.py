@@ -9,7 +9,7 @@ from tiny_models import tiny_vae
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distill.latent_cache import PosteriorCache, vae_fingerprint  # noqa: E402
+from distill.latent_cache import PosteriorCache, module_fingerprint  # noqa: E402
 
 
 def clips(n, seed=0):
@@ -45,7 +45,7 @@ def test_a_disk_cache_is_read_by_the_next_run_and_kept_apart_per_vae(tmp_path):
     audio = clips(3)
     first = PosteriorCache(vae, str(tmp_path))
     mean, std = first.encode(audio)
-    assert len(os.listdir(tmp_path / vae_fingerprint(vae))) == 3
+    assert len(os.listdir(tmp_path / module_fingerprint(vae))) == 3
 
     second = PosteriorCache(vae, str(tmp_path))
     mean2, std2 = second.encode(audio)
@@ -55,10 +55,10 @@ def test_a_disk_cache_is_read_by_the_next_run_and_kept_apart_per_vae(tmp_path):
     # the same weights saved and loaded from another folder (another `_name_or_path`) share the entries
     vae.save_pretrained(str(tmp_path / "saved_vae"))
     reloaded = type(vae).from_pretrained(str(tmp_path / "saved_vae"))
-    assert vae_fingerprint(reloaded) == vae_fingerprint(vae)
+    assert module_fingerprint(reloaded) == module_fingerprint(vae)
 
     other = tiny_vae(seed=1).eval()
-    assert vae_fingerprint(other) != vae_fingerprint(vae)
+    assert module_fingerprint(other) != module_fingerprint(vae)
     third = PosteriorCache(other, str(tmp_path))
     mean3, _ = third.encode(audio)
     assert third.misses == 3 and not torch.allclose(mean3, mean)
