@@ -15,13 +15,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
-def module_fingerprint(vae) -> str:
+def module_fingerprint(module) -> str:
     """A short hash of a model's config and weights: posteriors cached for one VAE are never read for another (and
     teacher trajectories solved by one teacher never reused for another)."""
     digest = hashlib.blake2b(digest_size=8)
     # the config without diffusers' private keys: `_name_or_path` says where it was loaded from, not what it is
-    digest.update(repr(sorted((k, v) for k, v in dict(vae.config).items() if not k.startswith("_"))).encode())
-    for name, tensor in sorted(vae.state_dict().items()):
+    digest.update(repr(sorted((k, v) for k, v in dict(module.config).items() if not k.startswith("_"))).encode())
+    for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()
