@@ -315,33 +315,17 @@ def make_teacher(transformer, scheduler, max_batch_size: int | None = None) -> D
     raise ValueError(f"the teacher is a {type(transformer).__name__}; the supported teacher families are {TEACHER_FAMILIES}")
 
 
-def make_student(teacher_transformer, sample_size: int, seed: int = 0, learned_guidance_embedding: bool = False):
+def make_student(teacher_transformer, sample_size: int, seed: int = 0):
     """
     The student θ of the teacher's family, from the teacher's weights in fp32, generating `sample_size` latent
     frames: a `SoundCTMDiTModel(is_student=True)` or a `SoundCTMStableAudioDiTModel` (the s and ω inputs add no
-    parameters), or a `SoundCTMUNet2DConditionModel` (the UNet plus `s_time_embedding`, its one new module). New
-    modules are default-initialised from torch's RNG seeded with `seed`, so that a run, and a resumed one, starts from
-    the same student. `learned_guidance_embedding` (DiT only) adds the DiT's learnt MLP of ω's code, which starts at
-    zero output: the student still starts as the teacher.
+    parameters), or a `SoundCTMUNet2DConditionModel` (the UNet plus `s_time_embedding`, its one new module,
+    default-initialised from torch's RNG seeded with `seed`, so that a run, and a resumed one, starts from the same
+    student).
     """
-    if learned_guidance_embedding and not isinstance(teacher_transformer, SoundCTMDiTModel):
-        raise ValueError(
-            f"learned_guidance_embedding is an option of the SoundCTM DiT student; the teacher is a {type(teacher_transformer).__name__}"
-        )
     if isinstance(teacher_transformer, SoundCTMDiTModel):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            student = SoundCTMDiTModel.from_config(
-                teacher_transformer.config,
-                is_student=True,
-                sample_size=sample_size,
-                learned_guidance_embedding=learned_guidance_embedding,
-            )
-        missing, unexpected = student.load_state_dict(
-            {k: v.float() for k, v in teacher_transformer.state_dict().items()}, strict=False
-        )
-        if unexpected or any(not k.startswith("guidance_embedding.") for k in missing):
-            raise ValueError(f"the teacher's weights do not fit the student: missing {missing}, unexpected {unexpected}")
+        student = SoundCTMDiTModel.from_config(teacher_transformer.config, is_student=True, sample_size=sample_size)
+        student.load_state_dict({k: v.float() for k, v in teacher_transformer.state_dict().items()})
         return student
     if isinstance(teacher_transformer, StableAudioDiTModel):
         return SoundCTMStableAudioDiTModel.from_teacher(teacher_transformer, sample_size=sample_size).float()

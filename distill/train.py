@@ -262,12 +262,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="Keep a separate EMA of the student for export (diffusers EMAModel) besides the target network.",
     )
     parser.add_argument("--export_ema_decay", type=float, default=0.9999, help="Decay of the --use_ema export EMA.")
-    parser.add_argument(
-        "--learned_guidance_embedding",
-        action="store_true",
-        help="SoundCTM DiT students: add a learnt MLP of ω's sinusoidal code (output layer zero-initialised, so the "
-        "student starts as the teacher). The authors' student has none: ω's code reaches it through no trained layer.",
-    )
     # ----------Checkpointing----------
     parser.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable state every N steps.")
     parser.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most this many states.")
@@ -896,7 +890,6 @@ def student_card_facts(args, total_batch_size: int | None = None):
             f"{args.num_timesteps}-point grid, {args.ctm_distance} distance"
             + (f", the teacher's solve looked up in {args.num_teacher_trajectories} solved trajectories" if args.num_teacher_trajectories else "")
             + (f", export EMA {args.export_ema_decay:g}" if args.use_ema else "")
-            + (", a learnt ω embedding" if args.learned_guidance_embedding else "")
         ),
         origin=f"Distilled with this project's distill/train.py from {teacher_name}.",
         repo_id=args.hub_model_id,
@@ -987,9 +980,7 @@ def main(args: argparse.Namespace) -> str:
     text_kwargs = pipe.conditioning_kwargs(num_samples / pipe.vae.config.sampling_rate)
 
     # 3. The student θ (the teacher plus s and ω inputs, from the teacher's weights) and its EMA target sg(θ).
-    student = make_student(
-        pipe.transformer, sample_size, seed=args.seed, learned_guidance_embedding=args.learned_guidance_embedding
-    ).to(device).train()
+    student = make_student(pipe.transformer, sample_size, seed=args.seed).to(device).train()
     if args.gradient_checkpointing:
         student.enable_gradient_checkpointing()
         pipe.transformer.enable_gradient_checkpointing()

@@ -68,33 +68,6 @@ def test_sinusoidal_positions_are_one_trained_scale_on_an_additive_sinusoid(tmp_
     torch.testing.assert_close(loaded(**x).sample, with_positions(**x).sample)
 
 
-def test_learned_guidance_embedding_starts_as_the_authors_student_and_learns_omega(tmp_path):
-    from distill.teacher import make_student
-
-    teacher = tiny_transformer(16, is_student=False, seed=3)
-    plain = make_student(teacher, 16)
-    learned = make_student(teacher, 16, learned_guidance_embedding=True)
-    assert set(learned.state_dict()) - set(plain.state_dict()) == {
-        f"guidance_embedding.linear_{i}.{p}" for i in (1, 2) for p in ("weight", "bias")
-    }
-    x = student_inputs(plain)
-    torch.testing.assert_close(learned(**x).sample, plain(**x).sample)  # zero output layer: the teacher's weights rule
-    # the same seed gives the same new weights (a resumed run starts from the same student)
-    torch.testing.assert_close(learned.state_dict(), make_student(teacher, 16, learned_guidance_embedding=True).state_dict())
-    # the loss reaches the output layer, and once it moves the output depends on ω through it
-    learned(**x).sample.square().mean().backward()
-    assert learned.guidance_embedding.linear_2.weight.grad.abs().sum() > 0
-    with torch.no_grad():
-        learned.guidance_embedding.linear_2.weight.normal_()
-    assert not torch.allclose(learned(**x).sample, plain(**x).sample)
-    learned.save_pretrained(tmp_path)
-    loaded = SoundCTMDiTModel.from_pretrained(tmp_path)
-    assert loaded.config.learned_guidance_embedding
-    torch.testing.assert_close(loaded(**x).sample, learned(**x).sample)
-    with pytest.raises(ValueError, match="learned_guidance_embedding is a student option"):
-        SoundCTMDiTModel.from_config(teacher.config, learned_guidance_embedding=True)
-
-
 def test_omega_embedding_is_the_authors_sinusoid():
     w = torch.tensor([1.0, 5.5])
     dim = 12

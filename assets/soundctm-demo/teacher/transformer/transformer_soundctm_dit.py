@@ -6,9 +6,8 @@ one global token [emb(t) + emb(s) + emb(ω)] prepended (→ optional absolute si
 authors' models) → pre-norm blocks (self-attention with partial rotary positions, cross-attention to the
 conditioning tokens, SwiGLU feed-forward) → `proj_out` → global token dropped → zero-initialised 1×1 post-conv
 (residual). t and s share the Fourier features and the MLP; ω enters as a parameter-free sinusoidal embedding of
-1000·ω (the authors'), optionally plus a learnt MLP of that code whose output layer starts at zero
-(`learned_guidance_embedding`). The teacher (`is_student=False`) takes only t; the authors' student adds no
-parameters, so it is initialised from the teacher's weights by `load_state_dict`.
+1000·ω. The teacher (`is_student=False`) takes only t; the student adds no parameters, so it is initialised from
+the teacher's weights by `load_state_dict`.
 
 Parameter names of the authors' `CTMDiffusionTransformer` map onto this class by `AUTHORS_KEY_RENAMES`
 (applied by `convert_authors_state_dict`), a strict one-to-one renaming.
@@ -255,10 +254,8 @@ class SoundCTMDiTModel(ModelMixin, ConfigMixin):
             the teacher (`False`) takes only t.
         sinusoidal_position_embedding (`bool`, defaults to False): also add absolute sinusoidal positions (with a
             trained scale) to the tokens, stable-audio-tools' `use_sinusoidal_emb`. Off in the authors' models
-            (rotary positions only); on in the bundled demo teacher (recipes/procedural/README.md has what it measured).
-        learned_guidance_embedding (`bool`, defaults to False): student only: also add a learnt MLP of ω's sinusoidal
-            code, its output layer zero-initialised (so a student made from a teacher starts as the authors' student).
-            Off in the authors' models, whose ω code reaches the network through no trained layer.
+            (rotary positions only) and in the bundled demo teacher; `train_teacher --sinusoidal-positions` tries it
+            (recipes/procedural/README.md has what it measured).
     """
 
     _supports_gradient_checkpointing = True
@@ -277,11 +274,8 @@ class SoundCTMDiTModel(ModelMixin, ConfigMixin):
         sample_size: int = 432,
         is_student: bool = True,
         sinusoidal_position_embedding: bool = False,
-        learned_guidance_embedding: bool = False,
     ):
         super().__init__()
-        if learned_guidance_embedding and not is_student:
-            raise ValueError("learned_guidance_embedding is a student option (the teacher takes no ω): set is_student=True")
         if cross_attention_dim % attention_head_dim or num_attention_heads % (cross_attention_dim // attention_head_dim):
             raise ValueError(
                 f"cross_attention_dim ({cross_attention_dim}) must be a multiple of attention_head_dim "
@@ -304,7 +298,6 @@ class SoundCTMDiTModel(ModelMixin, ConfigMixin):
         self.postprocess_conv = nn.Conv1d(in_channels, in_channels, 1, bias=False)
         self.register_buffer("rotary_inv_freq", rotary_inv_freq(attention_head_dim), persistent=False)
         self.position_embedding = ScaledSinusoidalPositionEmbedding(dim) if sinusoidal_position_embedding else None
-        self.guidance_embedding = MLPEmbedding(dim, dim, bias=True) if learned_guidance_embedding else None
         self.gradient_checkpointing = False
         self._init_weights()
 
@@ -317,9 +310,6 @@ class SoundCTMDiTModel(ModelMixin, ConfigMixin):
             nn.init.zeros_(block.attn2.to_out.weight)
             nn.init.zeros_(block.ff.proj_out.weight)
             nn.init.zeros_(block.ff.proj_out.bias)
-        if self.guidance_embedding is not None:
-            nn.init.zeros_(self.guidance_embedding.linear_2.weight)
-            nn.init.zeros_(self.guidance_embedding.linear_2.bias)
 
     def _rotary_freqs(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin) of the rotary angles of `seq_len` tokens, shared by every layer's queries and keys."""
@@ -379,10 +369,7 @@ class SoundCTMDiTModel(ModelMixin, ConfigMixin):
             if target_timestep is None or guidance_scale is None:
                 raise ValueError("a student transformer needs both target_timestep (c_noise(s)) and guidance_scale (ω)")
             emb = emb + self.time_embedding(self.time_proj(per_sample(target_timestep, "target_timestep")))
-            omega_code = guidance_scale_embedding(per_sample(guidance_scale, "guidance_scale"), self.inner_dim).to(emb.dtype)
-            emb = emb + omega_code
-            if self.guidance_embedding is not None:
-                emb = emb + self.guidance_embedding(omega_code)
+            emb = emb + guidance_scale_embedding(per_sample(guidance_scale, "guidance_scale"), self.inner_dim).to(emb.dtype)
         elif target_timestep is not None or guidance_scale is not None:
             raise ValueError("a teacher transformer (is_student=False) takes no target_timestep or guidance_scale")
 
