@@ -159,6 +159,7 @@ def test_short_run_checkpoints_logs_audio_and_exports_a_loadable_student(workdir
     assert json.loads((output / "latent_stats.json").read_text())["latents_mean"] == vae.config.latents_mean
     assert student.is_student and isinstance(student.scheduler, CTMScheduler)
     assert os.path.isfile(output / "pipeline.py")
+    assert "export EMA 0.9999" in (output / "README.md").read_text()  # the card says which weights were exported
     for steps in (1, 4):
         audio = student("a dog barks", num_inference_steps=steps, generator=torch.Generator().manual_seed(0)).audios
         assert audio.shape == (1, 1, 16 * student.vae.hop_length) and torch.isfinite(torch.from_numpy(audio)).all()
