@@ -315,38 +315,17 @@ def make_teacher(transformer, scheduler, max_batch_size: int | None = None) -> D
     raise ValueError(f"the teacher is a {type(transformer).__name__}; the supported teacher families are {TEACHER_FAMILIES}")
 
 
-def make_student(teacher_transformer, sample_size: int, seed: int = 0, extra_layers: int = 0):
+def make_student(teacher_transformer, sample_size: int, seed: int = 0):
     """
     The student θ of the teacher's family, from the teacher's weights in fp32, generating `sample_size` latent
     frames: a `SoundCTMDiTModel(is_student=True)` or a `SoundCTMStableAudioDiTModel` (the s and ω inputs add no
-    parameters), or a `SoundCTMUNet2DConditionModel` (the UNet plus `s_time_embedding`, its one new module).
-    New modules are default-initialised from torch's RNG seeded with `seed`, so that a run, and a resumed one,
-    starts from the same student.
-
-    `extra_layers` (SoundCTM DiT only) appends that many transformer blocks after the teacher's: each block's
-    output projections start at zero, so the deeper student still starts as the teacher's function.
+    parameters), or a `SoundCTMUNet2DConditionModel` (the UNet plus `s_time_embedding`, its one new module,
+    default-initialised from torch's RNG seeded with `seed`, so that a run, and a resumed one, starts from the same
+    student).
     """
-    if extra_layers < 0:
-        raise ValueError(f"extra_layers must be >= 0, got {extra_layers}")
-    if extra_layers and not isinstance(teacher_transformer, SoundCTMDiTModel):
-        raise ValueError(
-            f"extra_layers is supported for a SoundCTMDiTModel teacher only, got {type(teacher_transformer).__name__}"
-        )
     if isinstance(teacher_transformer, SoundCTMDiTModel):
-        num_layers = teacher_transformer.config.num_layers + extra_layers
-        # only new blocks need the seeded RNG; without them the global RNG is left as runs before this option had it
-        with torch.random.fork_rng(devices=[], enabled=bool(extra_layers)):
-            if extra_layers:
-                torch.manual_seed(seed)
-            student = SoundCTMDiTModel.from_config(
-                teacher_transformer.config, is_student=True, sample_size=sample_size, num_layers=num_layers
-            )
-        missing, unexpected = student.load_state_dict(
-            {k: v.float() for k, v in teacher_transformer.state_dict().items()}, strict=False
-        )
-        new = {f"transformer_blocks.{i}." for i in range(teacher_transformer.config.num_layers, num_layers)}
-        if unexpected or any(not any(k.startswith(prefix) for prefix in new) for k in missing):
-            raise RuntimeError(f"student/teacher weights do not match: missing {missing}, unexpected {unexpected}")
+        student = SoundCTMDiTModel.from_config(teacher_transformer.config, is_student=True, sample_size=sample_size)
+        student.load_state_dict({k: v.float() for k, v in teacher_transformer.state_dict().items()})
         return student
     if isinstance(teacher_transformer, StableAudioDiTModel):
         return SoundCTMStableAudioDiTModel.from_teacher(teacher_transformer, sample_size=sample_size).float()

@@ -189,13 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="Solve this many whole teacher trajectories (per process) before the first step and look line 9's solve "
         "up in them instead of solving it at every step (distill/trajectories.py); 0 = the online solve.",
     )
-    parser.add_argument(
-        "--student_extra_layers",
-        type=int,
-        default=0,
-        help="SoundCTM DiT teachers: append this many transformer blocks to the student (each starts as the identity, "
-        "so the student still starts as the teacher); 0 = the teacher's architecture, as the paper.",
-    )
     parser.add_argument("--omega_min", type=float, default=1.0, help="ω_min of ω ~ U[ω_min, ω_max].")
     parser.add_argument("--omega_max", type=float, default=10.0, help="ω_max of ω ~ U[ω_min, ω_max].")
     parser.add_argument("--p_uncond", type=float, default=0.1, help="Probability that a caption is replaced by ''.")
@@ -372,8 +365,6 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.num_teacher_trajectories < 0:
         raise ValueError(f"--num_teacher_trajectories must be >= 0 (0 = solve online), got {args.num_teacher_trajectories}")
-    if args.student_extra_layers < 0:
-        raise ValueError(f"--student_extra_layers must be >= 0 (0 = the teacher's architecture), got {args.student_extra_layers}")
     if args.dataloader_prefetch < 0:
         raise ValueError(f"--dataloader_prefetch must be >= 0, got {args.dataloader_prefetch}")
     if args.mix_augment < 0:
@@ -989,8 +980,7 @@ def main(args: argparse.Namespace) -> str:
     text_kwargs = pipe.conditioning_kwargs(num_samples / pipe.vae.config.sampling_rate)
 
     # 3. The student θ (the teacher plus s and ω inputs, from the teacher's weights) and its EMA target sg(θ).
-    student = make_student(pipe.transformer, sample_size, seed=args.seed, extra_layers=args.student_extra_layers)
-    student = student.to(device).train()
+    student = make_student(pipe.transformer, sample_size, seed=args.seed).to(device).train()
     if args.gradient_checkpointing:
         student.enable_gradient_checkpointing()
         pipe.transformer.enable_gradient_checkpointing()

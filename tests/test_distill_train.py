@@ -329,29 +329,6 @@ def test_the_one_step_student_approaches_the_teachers_heun_solution(workdir):
     assert error_after < error_before / 2, (error_before, error_after)
 
 
-def test_a_deeper_student_starts_as_the_teacher_and_its_new_blocks_can_learn(workdir):
-    """`--student_extra_layers`: the appended blocks start as the identity (zero output projections), so the deeper
-    student computes what the plain one does; their input projections are seeded, non-zero and trainable."""
-    teacher = SoundCTMPipeline.from_pretrained(str(workdir / "teacher")).transformer
-    plain, deeper = make_student(teacher, 16), make_student(teacher, 16, seed=3, extra_layers=2)
-    assert deeper.config.num_layers == teacher.config.num_layers + 2
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, teacher.config.in_channels, 16, generator=gen)
-    context = torch.randn(2, 3, teacher.config.cross_attention_dim, generator=gen)
-    inputs = dict(timestep=torch.tensor([0.3, -0.2]), target_timestep=torch.tensor([-0.5, -1.0]),
-                  guidance_scale=torch.tensor([2.0, 3.0]), encoder_hidden_states=context)  # fmt: skip
-    with torch.no_grad():
-        torch.testing.assert_close(deeper(x, **inputs).sample, plain(x, **inputs).sample, rtol=0, atol=1e-6)
-    new_block = deeper.transformer_blocks[-1]
-    assert new_block.attn1.to_qkv.weight.abs().sum() > 0 and new_block.attn1.to_out.weight.abs().sum() == 0
-    again = make_student(teacher, 16, seed=3, extra_layers=2)
-    assert torch.equal(again.transformer_blocks[-1].ff.proj_in.weight, new_block.ff.proj_in.weight)
-    deeper(x, **inputs).sample.square().mean().backward()
-    assert new_block.attn1.to_out.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="extra_layers"):
-        make_student(teacher, 16, extra_layers=-1)
-
-
 @pytest.mark.parametrize("name", ["soundctm_dit", "soundctm_dit_paper", "cpu_short", "soundctm_unet16k", "soundctm_stable_audio_open"])
 def test_bundled_configs_are_accepted_and_the_authors_settings_are_the_defaults(name):
     required = ["--pretrained_teacher_model", "owner/teacher", "--dataset_name", "data.jsonl"]
