@@ -54,6 +54,22 @@ def sample_ctm_indices(batch_size: int, num_timesteps: int, k: int, generator: t
     return n, u, s.clamp(max=num_timesteps - 1)
 
 
+def force_long_jumps(n: torch.Tensor, u: torch.Tensor, s: torch.Tensor, num_timesteps: int, fraction: float, generator: torch.Generator):
+    """
+    Turns each sample, with probability `fraction`, into the whole jump t_0 = σ_max → t_{N−1} = σ_min that a 1-step
+    draft makes: n = 0 and u = s = N − 1, so that its target is the teacher's own solve to the grid's end, not the
+    target network's jump from u. Only a solve whose end point is known per sample (solved teacher trajectories)
+    can serve it: the online solve shares one k across the batch.
+
+    Returns the new `(n, u, s)`.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    long = torch.rand(n.shape, generator=generator) < fraction
+    first, last = torch.zeros_like(n), torch.full_like(n, num_timesteps - 1)
+    return torch.where(long, first, n), torch.where(long, last, u), torch.where(long, last, s)
+
+
 def drop_captions(captions: list[str], p_uncond: float, generator: torch.Generator) -> list[str]:
     """Algorithm 2, line 4: each caption becomes the empty prompt "" with probability p_uncond, so that one network
     learns both the conditional and the unconditional student that ν-sampling (Eq. 10) combines."""

@@ -58,6 +58,7 @@ from distill.losses import (  # noqa: E402
     d_teacher,
     drop_captions,
     dsm_loss,
+    force_long_jumps,
     heun_solve_cfg,
     l2_distance,
     last_layer_weight_grad,
@@ -188,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="Solve this many whole teacher trajectories (per process) before the first step and look line 9's solve "
         "up in them instead of solving it at every step (distill/trajectories.py); 0 = the online solve.",
+    )
+    parser.add_argument(
+        "--long_jump_fraction",
+        type=float,
+        default=0.0,
+        help="Share of the CTM samples that learn the whole jump sigma_max -> sigma_min (what a 1-step draft does) "
+        "against the end of the teacher's solved trajectory (n = 0, u = s = N - 1); needs --num_teacher_trajectories. "
+        "0 = the paper's draw only.",
     )
     parser.add_argument("--omega_min", type=float, default=1.0, help="ω_min of ω ~ U[ω_min, ω_max].")
     parser.add_argument("--omega_max", type=float, default=10.0, help="ω_max of ω ~ U[ω_min, ω_max].")
@@ -365,6 +374,10 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.num_teacher_trajectories < 0:
         raise ValueError(f"--num_teacher_trajectories must be >= 0 (0 = solve online), got {args.num_teacher_trajectories}")
+    if not 0.0 <= args.long_jump_fraction <= 1.0:
+        raise ValueError(f"--long_jump_fraction must be in [0, 1], got {args.long_jump_fraction}")
+    if args.long_jump_fraction and not args.num_teacher_trajectories:
+        raise ValueError("--long_jump_fraction needs --num_teacher_trajectories > 0 (the online solve shares one k per batch)")
     if args.dataloader_prefetch < 0:
         raise ValueError(f"--dataloader_prefetch must be >= 0, got {args.dataloader_prefetch}")
     if args.mix_augment < 0:
@@ -535,7 +548,10 @@ def ctm_batch(
     uncond_mask = None if uncond_embeds[1] is None else uncond_embeds[1].expand(batch, -1)
     # 5-8: ε, (t, u, s) on the grid, ω; the DSM noise level σ with its own ε.
     k = sample_num_heun_steps(args.max_heun_steps or num_timesteps - 1, shared_generator, args.heun_step_strategy)
-    n, u, s = (index.to(device) for index in sample_ctm_indices(batch, num_timesteps, k, generator))
+    n, u, s = sample_ctm_indices(batch, num_timesteps, k, generator)
+    if args.long_jump_fraction:  # drawn only when asked, so that runs without it keep their random streams
+        n, u, s = force_long_jumps(n, u, s, num_timesteps, args.long_jump_fraction, generator)
+    n, u, s = n.to(device), u.to(device), s.to(device)
     omega = sample_omega(batch, args.omega_min, args.omega_max, generator).to(device)
     eps = torch.randn(z0.shape, generator=generator).to(device)
     config = scheduler.config

@@ -21,6 +21,7 @@ from distill.losses import (  # noqa: E402
     d_teacher,
     drop_captions,
     dsm_loss,
+    force_long_jumps,
     heun_solve_cfg,
     l2_distance,
     sample_ctm_indices,
@@ -77,6 +78,21 @@ def test_t_u_s_indices_follow_the_grid_rules():
     np.testing.assert_allclose(np.bincount(s_given_u3, minlength=N)[3:] / len(s_given_u3), 1 / 7, atol=0.02)
     with pytest.raises(ValueError, match="k must be in"):
         sample_ctm_indices(4, N, N, gen())
+
+
+def test_long_jumps_replace_a_share_of_the_samples_by_the_whole_jump_to_the_grid_end():
+    N, k = 10, 3
+    n, u, s = sample_ctm_indices(20000, N, k, gen())
+    assert all(torch.equal(a, b) for a, b in zip(force_long_jumps(n, u, s, N, 0.0, gen(1)), (n, u, s)))
+    first, last = torch.zeros_like(n), torch.full_like(n, N - 1)
+    assert all(torch.equal(a, b) for a, b in zip(force_long_jumps(n, u, s, N, 1.0, gen(1)), (first, last, last)))
+    n2, u2, s2 = force_long_jumps(n, u, s, N, 0.3, gen(1))
+    long = (n2 == 0) & (u2 == N - 1) & (s2 == N - 1)
+    assert abs(float(long.double().mean()) - 0.3) < 0.015  # (n, u) = (0, N-1) is impossible with k = 3: all forced
+    kept = ~long
+    assert torch.equal(n2[kept], n[kept]) and torch.equal(u2[kept], u[kept]) and torch.equal(s2[kept], s[kept])
+    with pytest.raises(ValueError, match=r"fraction must be in \[0, 1\], got 1.5"):
+        force_long_jumps(n, u, s, N, 1.5, gen())
 
 
 def test_captions_are_dropped_to_the_empty_prompt_with_probability_p_uncond():
@@ -275,9 +291,55 @@ def step_args(**overrides):
         ctm_distance="d_teacher",
         dsm_weight_scale=0.2,
         max_dsm_weight=1e3,
+        long_jump_fraction=0.0,
     )
     args.update(overrides)
     return argparse.Namespace(**args)
+
+
+def test_long_jumps_take_the_trajectorys_start_and_end_as_the_ctm_pair(teacher_pipe, teacher, scheduler):
+    """With `--long_jump_fraction 1` every CTM sample is the whole jump: z_t is its trajectory's first point (t =
+    σ_max, the 1-step draft's start), s = σ_min, and the target is the trajectory's last point itself (u = s: the
+    target network's jump is the identity)."""
+    from accelerate import Accelerator
+
+    from distill.train import PhaseTimer, ctm_batch, make_student
+    from distill.trajectories import TeacherTrajectories
+
+    N = 10
+    sigmas = torch.from_numpy(scheduler.karras_sigmas(N)).float()
+    points = torch.randn(5, N, 4, 16, generator=gen(20))
+    trajectories = TeacherTrajectories(points, torch.linspace(1.0, 3.0, 5), PROMPTS[:5])
+    target = make_student(teacher_pipe.transformer, 16).requires_grad_(False)
+    audio = torch.randn(6, 1, 16 * teacher_pipe.vae.hop_length, generator=gen(21)) * 0.1
+    for fraction in (1.0, 0.0):
+        batch = ctm_batch(
+            audio,
+            PROMPTS[:6],
+            accelerator=Accelerator(cpu=True),
+            target=target,
+            teacher=teacher,
+            pipe=teacher_pipe,
+            scheduler=scheduler,
+            sigmas=sigmas,
+            uncond_embeds=(embeds(teacher_pipe, [""]), None),
+            args=step_args(long_jump_fraction=fraction, heun_step_strategy="uniform"),
+            shared_generator=gen(22),
+            generator=gen(23),
+            timer=PhaseTimer(torch.device("cpu"), enabled=False),
+            trajectories=trajectories,
+        )
+        # which trajectory and grid point each z_t is
+        match = ((batch.z_t[:, None, None] - points[None]) ** 2).flatten(3).sum(-1) == 0  # (B, M, N)
+        index, n = (match.nonzero()[:, i] for i in (1, 2))
+        assert len(index) == len(audio)
+        torch.testing.assert_close(batch.t, sigmas[n])
+        if fraction == 1.0:
+            assert bool((n == 0).all()) and bool((batch.s == sigmas[-1]).all())
+            torch.testing.assert_close(batch.z_target, points[index, -1])
+            torch.testing.assert_close(batch.omega, trajectories.omega[index])
+        else:  # the paper's draw: t anywhere on the grid (these seeds draw some t below σ_max)
+            assert bool((n > 0).any())
 
 
 @pytest.mark.parametrize("distance", ["d_teacher", "l2"])

@@ -272,6 +272,8 @@ def test_bad_input_fails_with_a_clear_error_before_training(workdir, tmp_path):
         (("--audio_length_in_s", "0.001"), "can only produce whole multiples of 8 samples"),
         (("--max_heun_steps", "10"), r"--max_heun_steps must be in \[1, 9\]"),
         (("--max_train_minutes", "0"), r"--max_train_minutes must be > 0"),
+        (("--long_jump_fraction", "1.5"), r"--long_jump_fraction must be in \[0, 1\], got 1.5"),
+        (("--long_jump_fraction", "0.5"), r"--long_jump_fraction needs --num_teacher_trajectories > 0"),
         (("--config", str(config)), r"unknown settings \['learning_rat'\]"),
     ]
     for extra, message in cases:
