@@ -303,6 +303,20 @@ def stable_audio_conditioning(pipe, prompts: list[str], audio_start_in_s, audio_
     return torch.cat([embeds, start, end], dim=1), mask
 
 
+def teacher_ctm_scheduler(teacher_scheduler_config) -> CTMScheduler:
+    """The CTM scheduler of the teacher's family: its σ range, σ_data and preconditioning (Stable Audio Open: σ in
+    [0.3, 500], σ_data 1, v-prediction, c_noise = atan(σ)·2/π)."""
+    config = teacher_scheduler_config
+    return CTMScheduler(
+        sigma_min=config.sigma_min,
+        sigma_max=config.sigma_max,
+        sigma_data=config.sigma_data,
+        rho=config.rho,
+        prediction_type=config.get("prediction_type", "epsilon"),
+        noise_conditioning=config.get("noise_conditioning", "edm"),
+    )
+
+
 def make_teacher(transformer, scheduler, max_batch_size: int | None = None) -> DistillationTeacher:
     """The adapter of the teacher's family: `SoundCTMTeacher` for a SoundCTM DiT, `UNetTeacher` for a
     UNet2DConditionModel, `StableAudioTeacher` for a StableAudioDiTModel; `ValueError` naming the families otherwise."""

@@ -68,7 +68,14 @@ from distill.losses import (  # noqa: E402
     sample_omega,
     student_output,
 )
-from distill.teacher import DistillationTeacher, load_teacher_pipeline, make_student, make_teacher, student_last_layer  # noqa: E402
+from distill.teacher import (  # noqa: E402
+    DistillationTeacher,
+    load_teacher_pipeline,
+    make_student,
+    make_teacher,
+    student_last_layer,
+    teacher_ctm_scheduler,
+)
 from distill.trajectories import TeacherTrajectories, load_or_solve  # noqa: E402
 from soundctm import CTMScheduler, SoundCTMDiTModel, SoundCTMPipeline  # noqa: E402
 from soundctm.pipeline import concat_conditioning  # noqa: E402
@@ -969,17 +976,7 @@ def main(args: argparse.Namespace) -> str:
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     if weight_dtype != torch.float32:
         pipe.transformer.to(dtype=weight_dtype)
-    # The CTM scheduler of the teacher's family: its σ range, σ_data and preconditioning (Stable Audio Open: σ in
-    # [0.3, 500], σ_data 1, v-prediction, c_noise = atan(σ)·2/π).
-    teacher_config = pipe.scheduler.config
-    scheduler = CTMScheduler(
-        sigma_min=teacher_config.sigma_min,
-        sigma_max=teacher_config.sigma_max,
-        sigma_data=teacher_config.sigma_data,
-        rho=teacher_config.rho,
-        prediction_type=teacher_config.get("prediction_type", "epsilon"),
-        noise_conditioning=teacher_config.get("noise_conditioning", "edm"),
-    )
+    scheduler = teacher_ctm_scheduler(pipe.scheduler.config)
     teacher = make_teacher(pipe.transformer, scheduler, max_batch_size=args.teacher_batch_size)
     if abs(pipe.vae.config.scaling_factor - scheduler.config.sigma_data) > 1e-6:
         logger.warning(

@@ -128,20 +128,36 @@ def trajectory_settings(args, pipe, sigmas: torch.Tensor, latent_shape, rank: in
     }
 
 
+def trajectory_files(folder: str, rank: int) -> tuple[str, str]:
+    """`(tensors, metadata)`: the paths of one process's saved trajectories in a run's `teacher_trajectories/`."""
+    return tuple(os.path.join(folder, f"rank{rank}.{ext}") for ext in ("safetensors", "json"))
+
+
+def read_metadata(folder: str, rank: int = 0) -> dict:
+    """The saved `{"settings": ..., "captions": [...]}` of one process's trajectories."""
+    with open(trajectory_files(folder, rank)[1]) as f:
+        return json.load(f)
+
+
+def read_trajectories(folder: str, rank: int = 0, metadata: dict | None = None) -> TeacherTrajectories:
+    """One process's saved trajectories (`metadata`: its already read `read_metadata`)."""
+    metadata = read_metadata(folder, rank) if metadata is None else metadata
+    tensors = load_file(trajectory_files(folder, rank)[0])
+    return TeacherTrajectories(tensors["points"], tensors["omega"], metadata["captions"])
+
+
 def load_or_solve(args, pipe, teacher, sigmas, latent_shape, *, rank, world_size, uncond_embeds, text_kwargs, autocast):
     """This process's trajectories: read from `output_dir/teacher_trajectories/` when they were solved with the same
     settings (a resumed run), solved and saved otherwise. Draws from its own generator (seeded by --seed and the
     rank), so the run's other random draws are the same with or without trajectories."""
     folder = os.path.join(args.output_dir, "teacher_trajectories")
-    path, meta_path = (os.path.join(folder, f"rank{rank}.{ext}") for ext in ("safetensors", "json"))
+    path, meta_path = trajectory_files(folder, rank)
     settings = trajectory_settings(args, pipe, sigmas, latent_shape, rank, world_size)
     if os.path.isfile(path) and os.path.isfile(meta_path):
-        with open(meta_path) as f:
-            saved = json.load(f)
+        saved = read_metadata(folder, rank)
         if saved.get("settings") == settings:
-            tensors = load_file(path)
             logger.info(f"teacher trajectories: read {len(saved['captions'])} from {path}")
-            return TeacherTrajectories(tensors["points"], tensors["omega"], saved["captions"])
+            return read_trajectories(folder, rank, saved)
         logger.info(f"teacher trajectories in {folder} were solved with other settings: solving again")
     count = args.num_teacher_trajectories
     generator = torch.Generator().manual_seed(args.seed * 1_000_003 + 7919 * (1 + rank))

@@ -10,10 +10,9 @@ import torch
 from safetensors.torch import save_file
 from tiny_models import tiny_pipeline
 
-from distill.teacher import make_teacher
-from distill.trajectories import solve_trajectories
+from distill.teacher import make_teacher, teacher_ctm_scheduler
+from distill.trajectories import solve_trajectories, trajectory_files
 from recipes.procedural import probe_student
-from soundctm import CTMScheduler
 
 CAPTIONS = ["the sound of a high-pitched tone fading out", "we hear a tone sweeping up", "", "the sound of fast clicks"]
 
@@ -23,8 +22,7 @@ def save_trajectories(tmp_path, teacher, seed: int):
     order = [0, 1, 3, 2]  # the probe keeps the captioned ones, in order, and solves its fresh set in one stream
     captions = [CAPTIONS[i] for i in order]
     omega = torch.tensor([2.0, 3.0, 1.5, 2.0])
-    config = teacher.scheduler.config
-    scheduler = CTMScheduler(sigma_min=config.sigma_min, sigma_max=config.sigma_max, sigma_data=config.sigma_data, rho=config.rho)
+    scheduler = teacher_ctm_scheduler(teacher.scheduler.config)
     sigmas = torch.from_numpy(scheduler.karras_sigmas(6)).float()  # as distill/train.py builds its grid
     uncond = teacher.encode_text([""], torch.device("cpu"), return_mask=True)
     points = solve_trajectories(
@@ -33,9 +31,11 @@ def save_trajectories(tmp_path, teacher, seed: int):
     )  # fmt: skip
     folder = tmp_path / "teacher_trajectories"
     folder.mkdir()
-    save_file({"points": points, "omega": omega}, str(folder / "rank0.safetensors"))
+    tensors_path, metadata_path = trajectory_files(str(folder), rank=0)
+    save_file({"points": points, "omega": omega}, tensors_path)
     settings = {"sigmas": [float(s) for s in sigmas], "latent_shape": list(teacher.latent_shape)}
-    (folder / "rank0.json").write_text(json.dumps({"settings": settings, "captions": captions}))
+    with open(metadata_path, "w") as f:
+        json.dump({"settings": settings, "captions": captions}, f)
     return folder
 
 

@@ -16,26 +16,16 @@ is the remedy.
 
 import argparse
 import json
-import os
 import time
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
-from distill.teacher import make_teacher
-from distill.trajectories import solve_trajectories
-from soundctm import CTMScheduler, SoundCTMPipeline
+from distill.teacher import make_teacher, teacher_ctm_scheduler
+from distill.trajectories import TeacherTrajectories, read_metadata, read_trajectories, solve_trajectories
+from soundctm import SoundCTMPipeline
 
 from .evaluate import accuracy
-
-
-def load_trajectories(folder: str, rank: int = 0):
-    """`(points (M, N, C, T), omega (M,), captions, settings)` as distill/trajectories.py saved them."""
-    with open(os.path.join(folder, f"rank{rank}.json")) as f:
-        saved = json.load(f)
-    tensors = load_file(os.path.join(folder, f"rank{rank}.safetensors"))
-    return tensors["points"], tensors["omega"], saved["captions"], saved["settings"]
 
 
 def student_solutions(pipe, captions, omega, noise, steps: int) -> torch.Tensor:
@@ -59,15 +49,13 @@ def decoded(pipe, latents: torch.Tensor) -> list[np.ndarray]:
         return [a for a in pipe.decode_latents(latents, num_samples).cpu().numpy()]
 
 
-def probe(student, teacher_pipe, points, omega, captions, settings, count: int, seed: int, steps=(1, 16)) -> dict:
+def probe(student, teacher_pipe, trajectories: TeacherTrajectories, settings: dict, count: int, seed: int, steps=(1, 16)) -> dict:
     sigmas = torch.tensor(settings["sigmas"], dtype=torch.float32)
-    keep = [j for j, caption in enumerate(captions) if caption][:count]  # conditional trajectories only
-    captions, omega = [captions[j] for j in keep], omega[keep]
-    trained_start, trained_end = points[keep, 0], points[keep, -1]
+    keep = [j for j, caption in enumerate(trajectories.captions) if caption][:count]  # conditional trajectories only
+    captions, omega = [trajectories.captions[j] for j in keep], trajectories.omega[keep]
+    trained_start, trained_end = trajectories.points[keep, 0], trajectories.points[keep, -1]
     # New trajectories: the same captions and ω from fresh noise, solved as the trainer solved its own.
-    config = teacher_pipe.scheduler.config
-    scheduler = CTMScheduler(sigma_min=config.sigma_min, sigma_max=config.sigma_max, sigma_data=config.sigma_data, rho=config.rho)
-    teacher = make_teacher(teacher_pipe.transformer, scheduler)
+    teacher = make_teacher(teacher_pipe.transformer, teacher_ctm_scheduler(teacher_pipe.scheduler.config))
     uncond = teacher_pipe.encode_text([""], torch.device("cpu"), return_mask=True)
     start = time.perf_counter()
     fresh = solve_trajectories(
@@ -116,9 +104,10 @@ def main(argv=None):
         raise ValueError("--student must be a SoundCTM student pipeline and --teacher its teacher")
     for pipe in (student, teacher_pipe):
         pipe.set_progress_bar_config(disable=True)
-    points, omega, captions, settings = load_trajectories(args.trajectories)
+    metadata = read_metadata(args.trajectories)
+    trajectories = read_trajectories(args.trajectories, metadata=metadata)
     with torch.no_grad():
-        result = probe(student, teacher_pipe, points, omega, captions, settings, args.count, args.seed)
+        result = probe(student, teacher_pipe, trajectories, metadata["settings"], args.count, args.seed)
     result.update(student=args.student, teacher=args.teacher, trajectories=args.trajectories)
     if args.json:
         with open(args.json, "w") as f:
